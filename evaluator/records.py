@@ -1,0 +1,50 @@
+"""Records that cross package boundaries (gateway -> evaluator -> redistill)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTES = ("student", "teacher", "fallback", "cascade")
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRecord:
+    """One request answered by one model, as the gateway saw it."""
+
+    request_id: str
+    model: str  # logical model name from config
+    route: str  # which upstream answered: student | teacher | fallback | cascade
+    version: str  # student model version id ("base" before any re-distillation), or the teacher's model name
+    endpoint: str  # "chat" | "completions"
+    request: dict[str, Any]  # the request body as the client sent it (parsed JSON)
+    response_text: str
+    finish_reason: str | None = None
+    status: int = 200
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    # Per generated token: its logprob, and the top-k alternatives {token: logprob}, when returned.
+    token_logprobs: tuple[float, ...] | None = None
+    top_logprobs: tuple[dict[str, float], ...] | None = None
+    slice: str = "default"
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """The served answer and the other model's answer to the same request, with scores."""
+
+    served: ExchangeRecord
+    shadow: ExchangeRecord
+    scores: dict[str, float]  # scorer name -> value in [0, 1]
+    agreed: bool  # the model's primary scorer passed its threshold
+
+    @property
+    def student(self) -> ExchangeRecord:
+        return self.shadow if self.served.route == "teacher" else self.served
+
+    @property
+    def teacher(self) -> ExchangeRecord:
+        return self.served if self.served.route == "teacher" else self.shadow

@@ -1,0 +1,96 @@
+"""The evaluator's sections of the one distillgate config (composed in gateway.config)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScorerSettings(_Strict):
+    """How a logical model's student and teacher answers are compared."""
+
+    kind: Literal["exact", "normalized", "label", "json", "rouge_l", "chrf", "token_f1", "embedding", "judge"] = "normalized"
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="score >= threshold counts as agreement")
+    label_pattern: str | None = Field(None, description="regex with one group extracting the label (kind=label)")
+    labels: list[str] = Field(default_factory=list, description="known labels; anything else is 'invalid'")
+    json_fields: list[str] = Field(default_factory=list, description="fields compared (kind=json); empty = all")
+    judge_rubric: str | None = None
+    judge_max_per_minute: int = 30
+
+
+class ShadowSettings(_Strict):
+    """Per logical model: which served requests are also sent to the other model."""
+
+    rate: float = Field(0.1, ge=0.0, le=1.0)
+    direction: Literal["student_to_teacher", "teacher_to_student"] = "student_to_teacher"
+    deterministic: bool = Field(False, description="sample by request-id hash (reproducible) instead of at random")
+    always_on_escalation: bool = True
+    always_below_confidence: float | None = Field(None, description="always shadow when mean token logprob < this")
+    always_for_keys: list[str] = Field(default_factory=list)
+    always_for_slices: list[str] = Field(default_factory=list)
+    teacher_tokens_per_hour: int | None = Field(None, ge=1, description="spend cap; sampling backs off past it")
+
+
+class SliceRule(_Strict):
+    name: str
+    header: str | None = None  # slice = this header's value if it is in `values`
+    metadata_key: str | None = None  # or the request body's metadata[key]
+    values: list[str] = Field(default_factory=list)
+
+
+class PriceSettings(_Strict):
+    """Dollars per million tokens, for teacher spend and the all-teacher baseline."""
+
+    teacher_prompt: float = 2.5
+    teacher_completion: float = 10.0
+    student_prompt: float = 0.05
+    student_completion: float = 0.2
+
+
+class DriftSettings(_Strict):
+    reference_size: int = Field(200, ge=20, description="first N requests if no distillation reference is stored")
+    window_size: int = Field(200, ge=20)
+    min_samples: int = Field(50, ge=10)
+    psi_threshold: float = 0.25
+    ks_alpha: float = 0.001
+    classifier_auc_threshold: float = 0.75
+    hashed_features: int = 256
+    every_n: int = Field(25, ge=1, description="recompute drift after this many new requests")
+
+
+class AgreementSettings(_Strict):
+    window_size: int = Field(200, ge=10, description="most recent pairs per model/version/slice")
+    min_samples: int = Field(30, ge=1, description="no agreement number is exported below this")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+
+class RetentionSettings(_Strict):
+    days: float | None = 30.0
+    max_rows: int | None = 1_000_000
+
+
+class StoreSettings(_Strict):
+    url: str = Field("sqlite:///.distillgate/pairs.db", description="SQLAlchemy URL; postgresql+psycopg://... at scale")
+    batch_size: int = 64
+    flush_interval_s: float = 0.2
+    retention: RetentionSettings = RetentionSettings()
+    redact_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"[\w.+-]+@[\w-]+\.[\w.-]+",  # e-mail
+            r"\+?\d[\d\s().-]{7,}\d",  # phone
+            r"sk-[A-Za-z0-9_-]{16,}",  # API keys
+        ]
+    )
+
+
+class EvaluatorSettings(_Strict):
+    queue_size: int = Field(1000, ge=1)
+    workers: int = Field(4, ge=1)
+    drain_timeout_s: float = 10.0
+    store: StoreSettings = StoreSettings()
+    agreement: AgreementSettings = AgreementSettings()
+    drift: DriftSettings = DriftSettings()

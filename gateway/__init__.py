@@ -1,0 +1,1 @@
+"""The serving process: OpenAI-compatible endpoint, routing, upstreams, metrics, CLI."""
