@@ -94,3 +94,12 @@ class EvaluatorSettings(_Strict):
     store: StoreSettings = StoreSettings()
     agreement: AgreementSettings = AgreementSettings()
     drift: DriftSettings = DriftSettings()
+
+
+class ModelEvalSettings(_Strict):
+    """The per-model fields the evaluator reads; gateway.config.ModelSettings extends this."""
+
+    shadow: ShadowSettings = ShadowSettings()
+    scorer: ScorerSettings = ScorerSettings()
+    slices: list[SliceRule] = Field(default_factory=list)
+    prices: PriceSettings = PriceSettings()

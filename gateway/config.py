@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evaluator.settings import EvaluatorSettings, PriceSettings, ScorerSettings, ShadowSettings, SliceRule
+from evaluator.settings import EvaluatorSettings, ModelEvalSettings
 from redistill.settings import RedistillSettings
 
 ENV_PREFIX = "DISTILLGATE__"
@@ -101,16 +101,12 @@ class RoutingSettings(_Strict):
     cascade: CascadeSettings = CascadeSettings()
 
 
-class ModelSettings(_Strict):
-    """A logical model clients ask for, e.g. `support-intent`."""
+class ModelSettings(ModelEvalSettings):
+    """A logical model clients ask for, e.g. `support-intent` (shadow, scorer, slices, prices inherited)."""
 
     student: Target
     teacher: Target
     routing: RoutingSettings = RoutingSettings()
-    shadow: ShadowSettings = ShadowSettings()
-    scorer: ScorerSettings = ScorerSettings()
-    slices: list[SliceRule] = Field(default_factory=list)
-    prices: PriceSettings = PriceSettings()
 
 
 class RateLimit(_Strict):

@@ -1,0 +1,1 @@
+"""Persistence for everything distillgate remembers (pairs, feedback, versions, triggers, jobs)."""
