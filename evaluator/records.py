@@ -48,3 +48,16 @@ class ShadowPair:
     @property
     def teacher(self) -> ExchangeRecord:
         return self.served if self.served.route == "teacher" else self.shadow
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A user's verdict on one served request (ground-truth label and/or rating)."""
+
+    request_id: str
+    model: str | None
+    label: str | None
+    rating: float | None
+    comment: str | None
+    key_name: str | None
+    created_at: float

@@ -75,8 +75,10 @@ class RetentionSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = Field("sqlite:///.distillgate/pairs.db", description="SQLAlchemy URL; postgresql+psycopg://... at scale")
-    batch_size: int = 64
-    flush_interval_s: float = 0.2
+    batch_size: int = Field(64, ge=1)
+    flush_interval_s: float = Field(0.2, gt=0)
+    queue_size: int = Field(10_000, ge=1, description="records waiting for the writer thread; beyond it, drops are counted")
+    retention_interval_s: float = Field(3600.0, gt=0, description="how often the evaluator applies retention")
     retention: RetentionSettings = RetentionSettings()
     redact_patterns: list[str] = Field(
         default_factory=lambda: [

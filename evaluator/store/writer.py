@@ -1,0 +1,151 @@
+"""A background thread that commits queued records in batches, so callers (the event loop) never wait on I/O."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from evaluator.metrics import StoreMetrics
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+
+
+class _FlushMarker:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class BatchWriter:
+    """Bounded queue + one writer thread; `put` never blocks, `flush` waits until earlier puts are committed."""
+
+    def __init__(self, engine: Engine, write_batch: Callable[[Connection, list[Any]], None], *, batch_size: int,
+                 flush_interval_s: float, queue_size: int, metrics: StoreMetrics) -> None:
+        self._engine = engine
+        self._write_batch = write_batch
+        self._batch_size = batch_size
+        self._interval = flush_interval_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._metrics = metrics
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.errors = 0
+        self.dropped = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, item: Any) -> bool:
+        if self._closed:
+            self._count_drop()
+            return False
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._count_drop()
+            return False
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """True when everything put before this call is committed and no write failed meanwhile."""
+        if self._thread is None:
+            return True
+        errors_before = self.errors
+        marker = _FlushMarker()
+        self._queue.put(marker, timeout=timeout)
+        return marker.done.wait(timeout) and self.errors == errors_before
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._metrics.writes.labels("dropped").inc()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="distillgate-store-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch, markers, stop = self._collect()
+            if batch:
+                self._commit(batch)
+            self._metrics.queue_depth.set(self._queue.qsize())
+            for marker in markers:
+                marker.done.set()
+            if stop:
+                return
+
+    def _collect(self) -> tuple[list[Any], list[_FlushMarker], bool]:
+        batch: list[Any] = []
+        try:
+            item = self._queue.get(timeout=self._interval)
+        except queue.Empty:
+            return batch, [], False
+        deadline = time.monotonic() + self._interval
+        while True:
+            if item is _STOP:
+                return batch, [], True
+            if isinstance(item, _FlushMarker):
+                return batch, [item], False
+            batch.append(item)
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self._batch_size or remaining <= 0:
+                return batch, [], False
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return batch, [], False
+
+    def _commit(self, batch: list[Any]) -> None:
+        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+            try:
+                with self._engine.begin() as conn:
+                    self._write_batch(conn, batch)
+            except OperationalError as exc:  # locked / connection lost: worth retrying
+                if delay is None:
+                    self._fail(batch, exc)
+                    return
+                log.warning("store write failed (attempt %d), retrying: %s", attempt + 1, exc)
+                time.sleep(delay)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bad record must not kill the writer thread
+                if len(batch) > 1:  # isolate the bad record so the rest of the batch is kept
+                    for item in batch:
+                        self._commit([item])
+                else:
+                    self._fail(batch, exc)
+                return
+            self._metrics.writes.labels("ok").inc(len(batch))
+            return
+
+    def _fail(self, batch: list[Any], exc: Exception) -> None:
+        self.errors += len(batch)
+        self._metrics.writes.labels("error").inc(len(batch))
+        log.error("store write of %d records failed: %s", len(batch), exc)
