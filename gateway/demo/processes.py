@@ -429,3 +429,26 @@ def start_gateway(
     ).start()
     wait_http(f"{url}/healthz", timeout, process=proc)
     return proc
+
+
+def start_teacher(
+    *,
+    port: int | None = None,
+    served_name: str = "demo-teacher",
+    tokenizer_dir: str | Path | None = None,
+    latency_s: float = 0.0,
+    workdir: str | Path | None = None,
+    timeout: float = 30.0,
+    python: str = sys.executable,
+) -> ManagedProcess:
+    """The demo's teacher stand-in (gateway.demo.teacher) as its own process; API under ``.url + "/v1"``."""
+    work = _workdir(workdir, "teacher-")
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [python, "-m", "gateway.demo.teacher", "--port", str(port), "--model-name", served_name,
+            "--latency-s", str(latency_s)]
+    if tokenizer_dir is not None:
+        argv += ["--tokenizer", str(tokenizer_dir)]
+    proc = ManagedProcess("demo-teacher", argv, work / "teacher.log", url=url, port=port).start()
+    wait_http(f"{url}/health", timeout, process=proc)
+    return proc

@@ -1,0 +1,148 @@
+"""Reading OpenAI responses (JSON or SSE) into the evaluator's ExchangeRecord and cascade signals."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from evaluator.records import ExchangeRecord
+
+
+@dataclass(slots=True)
+class ParsedAnswer:
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    token_logprobs: tuple[float, ...] | None = None
+    top_logprobs: tuple[dict[str, float], ...] | None = None
+
+
+def _chat_logprobs(lp: Any, tokens: list[float], tops: list[dict[str, float]]) -> None:
+    if not isinstance(lp, dict):
+        return
+    for item in lp.get("content") or ():
+        if not isinstance(item, dict) or not isinstance(item.get("logprob"), (int, float)):
+            continue
+        tokens.append(float(item["logprob"]))
+        tops.append({t["token"]: float(t["logprob"]) for t in item.get("top_logprobs") or () if isinstance(t, dict) and "token" in t})
+
+
+def _completion_logprobs(lp: Any, tokens: list[float], tops: list[dict[str, float]]) -> None:
+    if not isinstance(lp, dict):
+        return
+    tokens.extend(float(x) for x in lp.get("token_logprobs") or () if isinstance(x, (int, float)))
+    tops.extend({k: float(v) for k, v in d.items()} for d in lp.get("top_logprobs") or () if isinstance(d, dict))
+
+
+def _usage(answer: ParsedAnswer, usage: Any) -> None:
+    if isinstance(usage, dict):
+        if isinstance(usage.get("prompt_tokens"), int):
+            answer.prompt_tokens = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            answer.completion_tokens = usage["completion_tokens"]
+
+
+def parse_response(doc: dict[str, Any]) -> ParsedAnswer:
+    """The first choice of a non-streaming chat or completions response."""
+    answer = ParsedAnswer()
+    _usage(answer, doc.get("usage"))
+    choices = doc.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return answer
+    choice = choices[0]
+    answer.finish_reason = choice.get("finish_reason")
+    tokens: list[float] = []
+    tops: list[dict[str, float]] = []
+    message = choice.get("message")
+    if isinstance(message, dict):
+        answer.text = message.get("content") or ""
+        _chat_logprobs(choice.get("logprobs"), tokens, tops)
+    else:
+        answer.text = choice.get("text") or ""
+        _completion_logprobs(choice.get("logprobs"), tokens, tops)
+    if tokens:
+        answer.token_logprobs = tuple(tokens)
+        answer.top_logprobs = tuple(tops) if any(tops) else None
+    return answer
+
+
+def parse_sse(chunks: Iterable[bytes]) -> ParsedAnswer:
+    """Assemble the first choice's text, finish reason, usage and logprobs from a relayed SSE stream."""
+    answer = ParsedAnswer()
+    parts: list[str] = []
+    tokens: list[float] = []
+    tops: list[dict[str, float]] = []
+    for line in b"".join(chunks).split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        _usage(answer, doc.get("usage"))
+        for choice in doc.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                if isinstance(delta.get("content"), str):
+                    parts.append(delta["content"])
+                _chat_logprobs(choice.get("logprobs"), tokens, tops)
+            else:
+                if isinstance(choice.get("text"), str):
+                    parts.append(choice["text"])
+                _completion_logprobs(choice.get("logprobs"), tokens, tops)
+            if choice.get("finish_reason"):
+                answer.finish_reason = choice["finish_reason"]
+    answer.text = "".join(parts)
+    if tokens:
+        answer.token_logprobs = tuple(tokens)
+        answer.top_logprobs = tuple(tops) if any(tops) else None
+    return answer
+
+
+def build_record(
+    *,
+    request_id: str,
+    model: str,
+    route: str,
+    version: str,
+    endpoint: str,
+    request: dict[str, Any],
+    answer: ParsedAnswer,
+    status: int,
+    latency_s: float,
+    ttft_s: float | None,
+    slice_name: str,
+) -> ExchangeRecord:
+    return ExchangeRecord(
+        request_id=request_id,
+        model=model,
+        route=route,
+        version=version,
+        endpoint=endpoint,
+        request=request,
+        response_text=answer.text,
+        finish_reason=answer.finish_reason,
+        status=status,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        latency_s=latency_s,
+        ttft_s=ttft_s,
+        token_logprobs=answer.token_logprobs,
+        top_logprobs=answer.top_logprobs,
+        slice=slice_name,
+    )
+
+
+def mean_logprob(answer: ParsedAnswer) -> float | None:
+    lp = answer.token_logprobs
+    return sum(lp) / len(lp) if lp else None

@@ -1,0 +1,81 @@
+"""SSE relay: upstream chunks go to the client as they arrive, never buffered.
+
+A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
+upstream connection so the model stops generating. Chunks are kept (a list append) only so the final
+text and usage can be assembled after the stream has ended.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import UpstreamError, error_body
+from gateway.metrics import RouteSeries
+from gateway.upstreams import UpstreamStream
+
+
+@dataclass(slots=True)
+class StreamStats:
+    ttft_s: float | None = None
+    upstream_wait_s: float = 0.0
+    completed: bool = False
+    client_disconnected: bool = False
+    error: str | None = None
+    chunks: list[bytes] = field(default_factory=list)
+
+
+async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: StreamStats) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            stats.client_disconnected = True
+            relay_task.cancel()
+            return
+
+
+async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries) -> StreamStats:
+    """Relays the stream body (the response start was already sent); ends the response unless the client left."""
+    stats = StreamStats()
+    keep = stats.chunks.append
+    watcher = asyncio.create_task(_watch_disconnect(receive, asyncio.current_task(), stats))
+    perf = time.perf_counter
+    ttft_obs = series.ttft.observe
+    gap_obs = series.inter_token.observe
+    last = 0.0
+    try:
+        it = stream.chunks().__aiter__()
+        while True:
+            waited = perf()
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            now = perf()
+            stats.upstream_wait_s += now - waited
+            if stats.ttft_s is None:
+                stats.ttft_s = now - t_start
+                ttft_obs(stats.ttft_s)
+            else:
+                gap_obs(now - last)
+            last = now
+            keep(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        stats.completed = True
+    except asyncio.CancelledError:
+        if not stats.client_disconnected:
+            raise
+        asyncio.current_task().uncancel()
+    except UpstreamError as exc:
+        # Headers are gone already: tell the client in-band, as OpenAI does, then end the stream.
+        stats.error = exc.message
+        err = error_body(exc.message, exc.type, None, exc.code)
+        await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n", "more_body": True})
+    finally:
+        stream.close()
+        if not watcher.done():
+            watcher.cancel()
+    if not stats.client_disconnected:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return stats

@@ -1,0 +1,230 @@
+"""Clients for upstream model servers behind one small interface.
+
+`OpenAIUpstream` speaks HTTP to any OpenAI-compatible server (vLLM, OpenAI, ...) with one pooled aiohttp
+session; `LiteLLMUpstream` calls other providers through `litellm` and normalises their answers to
+OpenAI JSON / SSE bytes. Both raise the typed errors of gateway.errors, never aiohttp's or litellm's.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from gateway.config import UpstreamSettings
+from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
+
+ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    """A complete non-streaming 200 answer."""
+
+    body: bytes
+    content_type: bytes
+    upstream_s: float
+
+
+class UpstreamStream(Protocol):
+    content_type: bytes
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply: ...
+    async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream: ...
+    async def probe(self) -> bool: ...
+
+
+def _translate(exc: BaseException, name: str) -> Exception:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return UpstreamTimeout(f"upstream {name!r} timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"cannot connect to upstream {name!r}")
+    return UpstreamConnectError(f"upstream {name!r} failed: {type(exc).__name__}")
+
+
+class _AiohttpStream:
+    __slots__ = ("_resp", "content_type", "_name")
+
+    def __init__(self, resp: aiohttp.ClientResponse, name: str) -> None:
+        self._resp = resp
+        self._name = name
+        self.content_type = resp.headers.get("content-type", "text/event-stream").encode()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self._resp.content.iter_any():
+                yield data
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, self._name) from None
+
+    def close(self) -> None:
+        # close(), not release(): an unfinished stream must drop the connection so the upstream stops.
+        self._resp.close()
+
+
+class OpenAIUpstream:
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.base_url = (settings.base_url or "").rstrip("/")
+        t = settings.timeouts
+        self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        self._probe_timeout = aiohttp.ClientTimeout(total=min(2.0, t.total_s), sock_connect=t.connect_s)
+        key = settings.api_key()
+        self._base_headers = {"content-type": "application/json"}
+        if key:
+            self._base_headers["authorization"] = f"Bearer {key}"
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=30.0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._base_headers, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
+        t0 = time.perf_counter()
+        try:
+            async with self.session.post(self.base_url + ENDPOINT_PATHS[endpoint], data=body, headers=headers) as resp:
+                data = await resp.read()
+                ctype = resp.headers.get("content-type", "application/json").encode()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, self.name) from None
+        if status != 200:
+            raise UpstreamStatus(status, data, ctype)
+        return UpstreamReply(data, ctype, time.perf_counter() - t0)
+
+    async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
+        try:
+            resp = await self.session.post(self.base_url + ENDPOINT_PATHS[endpoint], data=body, headers=headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, self.name) from None
+        if resp.status != 200:
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                data = b""
+            finally:
+                resp.release()
+            raise UpstreamStatus(resp.status, data, resp.headers.get("content-type", "application/json").encode())
+        return _AiohttpStream(resp, self.name)
+
+    async def probe(self) -> bool:
+        try:
+            async with self.session.get(self.base_url + "/models", timeout=self._probe_timeout) as resp:
+                await resp.read()
+                return resp.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+
+class _LiteLLMStream:
+    content_type = b"text/event-stream"
+
+    def __init__(self, source: Any, name: str) -> None:
+        self._source = source
+        self._name = name
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._source:
+                if self._closed:
+                    return
+                yield b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n"
+        except Exception as exc:  # litellm raises its own zoo; the client gets a typed error
+            raise _litellm_error(exc, self._name) from None
+        yield b"data: [DONE]\n\n"
+
+    def close(self) -> None:
+        self._closed = True
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            asyncio.ensure_future(aclose())
+
+
+def _litellm_error(exc: BaseException, name: str) -> Exception:
+    status = getattr(exc, "status_code", None)
+    text = str(exc)
+    if "Timeout" in type(exc).__name__ or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return UpstreamTimeout(f"upstream {name!r} timed out")
+    if not isinstance(status, int) or "APIConnectionError" in type(exc).__name__:
+        return UpstreamConnectError(f"upstream {name!r} failed: {type(exc).__name__}")
+    body = orjson.dumps({"error": {"message": text, "type": "upstream_error", "param": None, "code": None}})
+    return UpstreamStatus(status, body)
+
+
+class LiteLLMUpstream:
+    """Other providers through litellm; `model` in the payload is replaced by `litellm_model`."""
+
+    _SKIP = frozenset({"model", "stream"})
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._litellm: Any = None
+
+    async def start(self) -> None:
+        import litellm  # slow to import: only when a litellm upstream is configured
+
+        self._litellm = litellm
+
+    async def close(self) -> None:
+        return None
+
+    def _kwargs(self, payload: dict[str, Any]) -> dict[str, Any]:
+        kw = {k: v for k, v in payload.items() if k not in self._SKIP}
+        kw["model"] = self.settings.litellm_model
+        kw["timeout"] = self.settings.timeouts.total_s
+        if self.settings.base_url:
+            kw["api_base"] = self.settings.base_url
+        key = self.settings.api_key()
+        if key:
+            kw["api_key"] = key
+        return kw
+
+    async def _call(self, endpoint: str, payload: dict[str, Any], stream: bool) -> Any:
+        lit = self._litellm
+        kw = self._kwargs(payload)
+        fn = {"chat": lit.acompletion, "completions": lit.atext_completion, "embeddings": lit.aembedding}[endpoint]
+        if stream:
+            kw["stream"] = True
+        try:
+            return await fn(**kw)
+        except Exception as exc:
+            raise _litellm_error(exc, self.name) from None
+
+    async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
+        t0 = time.perf_counter()
+        result = await self._call(endpoint, payload, stream=False)
+        data = orjson.dumps(result.model_dump(exclude_none=True))
+        return UpstreamReply(data, b"application/json", time.perf_counter() - t0)
+
+    async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
+        return _LiteLLMStream(await self._call(endpoint, payload, stream=True), self.name)
+
+    async def probe(self) -> bool:
+        return self._litellm is not None
+
+
+def build_upstream(name: str, settings: UpstreamSettings) -> Upstream:
+    return OpenAIUpstream(name, settings) if settings.kind == "openai" else LiteLLMUpstream(name, settings)
