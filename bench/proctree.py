@@ -1,0 +1,54 @@
+"""CPU time and resident memory of a server and every process it spawned, read from /proc."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    cpu_s: float  # utime + stime of all live processes in the tree
+    rss_mb: float
+    pids: tuple[int, ...]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces; everything after the last ')' is space separated.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def sample(root: int) -> TreeSample:
+    cpu_ticks, rss_pages, alive = 0, 0, []
+    for pid in descendants(root):
+        fields = _stat_fields(pid)
+        if not fields:
+            continue
+        # after comm: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
+        cpu_ticks += int(fields[11]) + int(fields[12])
+        rss_pages += int(fields[21])
+        alive.append(pid)
+    return TreeSample(cpu_ticks / _TICKS, rss_pages * _PAGE / 1e6, tuple(alive))
