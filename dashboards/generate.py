@@ -184,13 +184,13 @@ def gateway() -> dict:
               "Traffic, latency, throughput and reliability of the distillgate gateway.", "distillgate_requests_total")
     b.row("Traffic")
     b.timeseries("Requests by route", "reqps",
-                 Q(f"sum by (model, route) (rate(distillgate_requests_total{{{M}}}[{RATE}]))", "{{model}} {{route}}"),
-                 description="Requests answered per second, by the side that answered (student or teacher).")
+                 Q(f"model_route:distillgate_requests:rate5m{{{M}}}", "{{model}} {{route}}"),
+                 description="Requests answered per second (5-minute rate), by the side that answered (student or teacher).")
     b.timeseries("Requests by status", "reqps",
-                 Q(f"sum by (model, status) (rate(distillgate_requests_total{{{M}}}[{RATE}]))", "{{model}} {{status}}"),
+                 Q(f"sum by (model, status) (model_route_status:distillgate_requests:rate5m{{{M}}})", "{{model}} {{status}}"),
                  description="HTTP status codes returned to clients, including gateway errors (401, 413, 429, 502, 504).")
     b.timeseries("Requests by model", "reqps",
-                 Q(f"sum by (model) (rate(distillgate_requests_total{{{M}}}[{RATE}]))", "{{model}}"), w=8)
+                 Q(f"model:distillgate_requests:rate5m{{{M}}}", "{{model}}"), w=8)
     b.timeseries("Server error ratio (5xx)", "percentunit",
                  Q(f"model_route:distillgate_request_errors:ratio_rate5m{{{M}}}", "{{model}} {{route}}"), w=8,
                  description="Share of requests ending in a 5xx over 5 minutes; StudentErrorRateHigh fires above 5% on the student route.",

@@ -73,3 +73,12 @@ def rules() -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def all_panel_queries() -> list[PanelQuery]:
     return panel_queries()
+
+
+def substitute(expr: str, *, model: str = ".*", rate_interval: str = "1m", range_: str = "10m") -> str:
+    """Expand the Grafana template variables our dashboards use, as Grafana would before querying."""
+    for var, value in (("$__rate_interval", rate_interval), ("$__range", range_), ("$__interval", rate_interval),
+                       ("${model}", model), ("$model", model)):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unexpanded template variable in {expr!r}"
+    return expr
