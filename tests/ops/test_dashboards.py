@@ -70,7 +70,7 @@ def test_dashboards_cover_what_operators_need() -> None:
         return " ".join(q.expr for q in _queries() if q.dashboard == name)
 
     gateway = used("gateway.json")
-    for metric in ("distillgate_requests_total", "overhead_seconds", "request_duration_seconds", "distillgate_ttft_seconds",
+    for metric in ("distillgate_requests", "overhead_seconds", "request_duration_seconds", "distillgate_ttft_seconds",
                    "distillgate_completion_tokens_total", "distillgate_fallbacks_total", "distillgate_breaker_state",
                    "distillgate_in_flight_requests"):
         assert metric in gateway, metric
