@@ -1,0 +1,1 @@
+"""Real-process fakes of servers we do not own (OpenAI-compatible upstreams) and a gateway harness."""
