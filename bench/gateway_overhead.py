@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
+from bench.gateway_metrics import scrape, shadow_note  # noqa: E402
 from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, wrk_available  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
@@ -100,22 +99,6 @@ def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teache
     return started, skipped
 
 
-def gateway_counters(target: Target) -> dict[str, float]:
-    """Sums of a few gateway counters, to show auth passed and shadow offers really ran."""
-    try:
-        with urllib.request.urlopen(target.base_url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for metric in ("distillgate_requests_total", "distillgate_shadow_offered_total", "distillgate_shadow_sampled_total",
-                   "distillgate_shadow_dropped_total", "distillgate_shadow_completed_total"):
-        values = re.findall(rf"^{metric}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, flags=re.M)
-        if values:
-            out[metric] = sum(float(v) for v in values)
-    return out
-
-
 def growth(samples: list[float]) -> tuple[float | None, float | None, bool | None]:
     if len(samples) < 2:
         return None, None, None
@@ -154,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress.advance(task)
             for rnd in range(args.rounds):
                 for label, conns, body in cells:
-                    for name in order:  # interleaved, so drift on a shared machine hits every target alike
+                    shift = rnd % len(order)  # interleaved and rotated, so drift on a shared machine hits all alike
+                    for name in order[shift:] + order[:shift]:
                         progress.update(task, description=f"round {rnd + 1}/{args.rounds} {label} {name}")
                         results[name][label].append(run_wrk(
                             targets[name].url, body, connections=conns, duration_s=args.duration,
@@ -173,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                              duration_s=args.soak_duration, server_pid=targets[name].pid,
                                              load_cpu=args.load_cpu, key=BENCH_KEY)
                     progress.advance(task)
-        counters = gateway_counters(targets["gateway"]) if "gateway" in targets else {}
+        counters = scrape(targets["gateway"].base_url) if "gateway" in targets else {}
     finally:
         for t in reversed(running):
             t.stop()
@@ -255,6 +239,8 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
                         f"{args.load_cpu}; load average at start {load1:.2f} (other work on this machine adds noise)")
     report.notes.append(f"gateway: auth on (1 key), routing, metrics, shadow offer with sampling rate "
                         f"{args.gateway_shadow_rate}; counters after the run: {counters or 'n/a'}")
+    if "gateway" in results and shadow_note(counters):
+        report.notes.append(shadow_note(counters))
     report.notes.extend(skipped)
     report.raw = {
         "args": {k: v for k, v in vars(args).items()},
