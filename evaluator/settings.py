@@ -19,7 +19,9 @@ class ScorerSettings(_Strict):
     labels: list[str] = Field(default_factory=list, description="known labels; anything else is 'invalid'")
     json_fields: list[str] = Field(default_factory=list, description="fields compared (kind=json); empty = all")
     judge_rubric: str | None = None
-    judge_max_per_minute: int = 30
+    judge_max_per_minute: int = Field(30, ge=1)
+    judge_cache_size: int = Field(10_000, ge=0)
+    embedding_model: str | None = Field(None, description="local HF model dir or hub id (kind=embedding)")
 
 
 class ShadowSettings(_Strict):
@@ -54,12 +56,14 @@ class PriceSettings(_Strict):
 class DriftSettings(_Strict):
     reference_size: int = Field(200, ge=20, description="first N requests if no distillation reference is stored")
     window_size: int = Field(200, ge=20)
-    min_samples: int = Field(50, ge=10)
+    min_samples: int = Field(50, ge=10, description="fewest reference items accepted from set_reference")
     psi_threshold: float = 0.25
     ks_alpha: float = 0.001
     classifier_auc_threshold: float = 0.75
     hashed_features: int = 256
-    every_n: int = Field(25, ge=1, description="recompute drift after this many new requests")
+    every_n: int = Field(25, ge=1, description="recompute drift after this many new requests (once the window is full)")
+    psi_bins: int = Field(8, ge=2, description="quantile bins per numeric feature")
+    cv_folds: int = Field(4, ge=2, description="folds of the reference-vs-current classifier's cross-validation")
 
 
 class AgreementSettings(_Strict):

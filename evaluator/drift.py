@@ -1,0 +1,282 @@
+"""Drift detection: a reference window of requests/answers against the current window.
+
+Inputs: per-feature PSI and KS (prompt length and token statistics) plus a domain-classifier
+two-sample test on hashed n-grams (cross-validated AUC; the PSI of its out-of-fold scores catches
+vocabulary and phrasing shifts that leave lengths alone). Outputs: label mix, refusal rate, answer
+length and confidence (mean token logprob). PSI values are bias-corrected (their expectation under
+no drift, (bins-1)(1/n_ref + 1/n_cur), is subtracted) so 0 means none at any window size; p-values
+are Bonferroni-adjusted minima over the KS / contingency tests of each side. Computing runs in a worker thread.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import csr_matrix, hstack
+from scipy.stats import chi2_contingency, fisher_exact, ks_2samp, norm
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from evaluator.features import answer_length, input_matrix, is_refusal
+from evaluator.settings import DriftSettings
+
+log = logging.getLogger(__name__)
+
+LabelOf = Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    prompt: str
+    answer: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSnapshot:
+    n: int  # observations in the current window
+    reference_n: int = 0
+    input_score: float | None = None
+    output_score: float | None = None
+    input_p: float | None = None
+    output_p: float | None = None
+    auc: float | None = None
+    drifted: bool = False
+    details: dict[str, float] = field(default_factory=dict)
+    computed_at: float | None = None
+
+
+def _proportions(counts: np.ndarray) -> np.ndarray:
+    smoothed = counts + 0.5  # empty bins would make the log blow up
+    return smoothed / smoothed.sum()
+
+
+def _psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    k = int(((ref_counts + cur_counts) > 0).sum())
+    if k < 2:
+        return 0.0
+    r, c = _proportions(ref_counts), _proportions(cur_counts)
+    raw = float(np.sum((c - r) * np.log(c / r)))
+    expected_noise = (k - 1) * (1 / ref_counts.sum() + 1 / cur_counts.sum())
+    return max(0.0, raw - expected_noise)
+
+
+def psi(reference: Sequence[float], current: Sequence[float], bins: int = 8) -> float:
+    """Bias-corrected population stability index over the reference's quantile bins."""
+    ref, cur = np.asarray(reference, float), np.asarray(current, float)
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    k = len(edges) + 1
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=k)
+    cur_counts = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=k)
+    return _psi_from_counts(ref_counts, cur_counts)
+
+
+def categorical_psi(reference: Sequence[str], current: Sequence[str]) -> float:
+    cats = sorted(set(reference) | set(current))
+    ref, cur = Counter(reference), Counter(current)
+    return _psi_from_counts(np.array([ref[c] for c in cats], float), np.array([cur[c] for c in cats], float))
+
+
+def ks_p(reference: Sequence[float], current: Sequence[float]) -> float:
+    ref, cur = np.asarray(reference, float), np.asarray(current, float)
+    if np.ptp(np.concatenate([ref, cur])) == 0:
+        return 1.0
+    return float(ks_2samp(ref, cur).pvalue)
+
+
+def categorical_p(reference: Sequence[str], current: Sequence[str]) -> float:
+    cats = sorted(set(reference) | set(current))
+    if len(cats) < 2:
+        return 1.0
+    ref, cur = Counter(reference), Counter(current)
+    table = np.array([[ref[c] for c in cats], [cur[c] for c in cats]])
+    if len(cats) == 2:
+        return float(fisher_exact(table).pvalue)
+    return float(chi2_contingency(table).pvalue)
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _bonferroni(p_values: list[float]) -> float | None:
+    return min(1.0, min(p_values) * len(p_values)) if p_values else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierResult:
+    auc: float
+    p_value: float
+    score_psi: float
+
+
+class DriftDetector:
+    """Compares two windows; stateless apart from its (reusable, stateless) hashing vectorizer."""
+
+    def __init__(self, settings: DriftSettings, label_of: LabelOf | None = None, seed: int = 0) -> None:
+        self.settings = settings
+        self.label_of = label_of
+        self.seed = seed
+        self._vectorizer = HashingVectorizer(n_features=settings.hashed_features, ngram_range=(1, 2),
+                                             alternate_sign=False, norm="l2")
+
+    def classifier_test(self, ref_texts: Sequence[str], cur_texts: Sequence[str], ref_num: np.ndarray,
+                        cur_num: np.ndarray) -> ClassifierResult:
+        """Can a classifier tell the windows apart? AUC 0.5 = no; out-of-fold scores avoid overfit optimism."""
+        num = np.vstack([ref_num, cur_num])
+        num = (num - num.mean(0)) / (num.std(0) + 1e-9)
+        x = hstack([self._vectorizer.transform(list(ref_texts) + list(cur_texts)), csr_matrix(num)]).tocsr()
+        y = np.r_[np.zeros(len(ref_texts)), np.ones(len(cur_texts))]
+        folds = StratifiedKFold(self.settings.cv_folds, shuffle=True, random_state=self.seed)
+        proba = cross_val_predict(LogisticRegression(solver="liblinear"), x, y, cv=folds, method="predict_proba")[:, 1]
+        auc = float(roc_auc_score(y, proba))
+        n1, n2 = len(ref_texts), len(cur_texts)
+        se = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))  # Mann-Whitney AUC under the null
+        p_value = float(norm.sf((auc - 0.5) / se))
+        return ClassifierResult(auc, p_value, psi(proba[: n1], proba[n1:], self.settings.psi_bins))
+
+    def compare(self, reference: Sequence[Observation], current: Sequence[Observation]) -> DriftSnapshot:
+        s = self.settings
+        ref_prompts, cur_prompts = [o.prompt for o in reference], [o.prompt for o in current]
+        ref_num, cur_num = input_matrix(ref_prompts), input_matrix(cur_prompts)
+        details: dict[str, float] = {}
+        input_psis, input_ps = [], []
+        for j in range(ref_num.shape[1]):
+            input_psis.append(psi(ref_num[:, j], cur_num[:, j], s.psi_bins))
+            input_ps.append(ks_p(ref_num[:, j], cur_num[:, j]))
+        clf = self.classifier_test(ref_prompts, cur_prompts, ref_num, cur_num)
+        details["classifier_score_psi"] = clf.score_psi
+        # The classifier's own p-value (normal approximation to a cross-validated AUC) is anti-conservative
+        # at these sizes; it is reported, while the alarm uses the AUC threshold and the score PSI.
+        details["classifier_p"] = clf.p_value
+        input_psis.append(clf.score_psi)
+        input_score, input_p = max(input_psis), _bonferroni(input_ps)
+
+        output_psis, output_ps = self._output_tests(reference, current, details)
+        output_score = max(output_psis) if output_psis else None
+        output_p = _bonferroni(output_ps)
+        drifted = (
+            input_score > s.psi_threshold or (output_score or 0.0) > s.psi_threshold or clf.auc > s.classifier_auc_threshold
+            or (input_p is not None and input_p < s.ks_alpha) or (output_p is not None and output_p < s.ks_alpha)
+        )
+        return DriftSnapshot(n=len(current), reference_n=len(reference), input_score=float(input_score),
+                             output_score=_float(output_score), input_p=_float(input_p), output_p=_float(output_p),
+                             auc=clf.auc, drifted=bool(drifted), details={k: float(v) for k, v in details.items()},
+                             computed_at=time.time())
+
+    def _output_tests(self, reference: Sequence[Observation], current: Sequence[Observation],
+                      details: dict[str, float]) -> tuple[list[float], list[float]]:
+        ref_ans = [o.answer for o in reference if o.answer is not None]
+        cur_ans = [o.answer for o in current if o.answer is not None]
+        psis: list[float] = []
+        ps: list[float] = []
+        if len(ref_ans) < 2 or len(cur_ans) < 2:
+            return psis, ps
+        if self.label_of is not None:
+            ref_labels, cur_labels = [self.label_of(a) for a in ref_ans], [self.label_of(a) for a in cur_ans]
+            details["label_psi"] = categorical_psi(ref_labels, cur_labels)
+            psis.append(details["label_psi"])
+            ps.append(categorical_p(ref_labels, cur_labels))
+        ref_ref, cur_ref = [str(is_refusal(a)) for a in ref_ans], [str(is_refusal(a)) for a in cur_ans]
+        details["refusal_rate"] = cur_ref.count("True") / len(cur_ref)
+        psis.append(categorical_psi(ref_ref, cur_ref))
+        ps.append(categorical_p(ref_ref, cur_ref))
+        ref_len, cur_len = [answer_length(a) for a in ref_ans], [answer_length(a) for a in cur_ans]
+        psis.append(psi(ref_len, cur_len, self.settings.psi_bins))
+        ps.append(ks_p(ref_len, cur_len))
+        ref_conf = [o.confidence for o in reference if o.confidence is not None]
+        cur_conf = [o.confidence for o in current if o.confidence is not None]
+        if len(ref_conf) >= self.settings.min_samples and len(cur_conf) >= self.settings.min_samples:
+            details["confidence_shift"] = float(np.mean(cur_conf) - np.mean(ref_conf))
+            psis.append(psi(ref_conf, cur_conf, self.settings.psi_bins))
+            ps.append(ks_p(ref_conf, cur_conf))
+        return psis, ps
+
+
+class _ModelWindows:
+    def __init__(self, settings: DriftSettings) -> None:
+        self.reference: list[Observation] = []
+        self.reference_fixed = False  # True once set_reference loaded a distillation reference
+        self.current: deque[Observation] = deque(maxlen=settings.window_size)
+        self.since_last = 0
+        self.computing = False
+        self.snapshot = DriftSnapshot(n=0)
+
+
+class DriftMonitor:
+    """Per-model windows fed by `observe` (O(1)); comparisons run in one background thread every_n requests."""
+
+    def __init__(self, settings: DriftSettings, label_of: Callable[[str], LabelOf | None] = lambda model: None,
+                 on_result: Callable[[str, DriftSnapshot], None] | None = None) -> None:
+        self.settings = settings
+        self._label_of = label_of
+        self._on_result = on_result
+        self._models: dict[str, _ModelWindows] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillgate-drift")
+        self._lock = threading.Lock()
+
+    def _windows(self, model: str) -> _ModelWindows:
+        windows = self._models.get(model)
+        if windows is None:
+            windows = self._models[model] = _ModelWindows(self.settings)
+        return windows
+
+    def set_reference(self, model: str, prompts: Sequence[str], outputs: Sequence[str] | None = None) -> None:
+        """Uses the distillation dataset as the reference instead of the first observed requests."""
+        if len(prompts) < self.settings.min_samples:
+            raise ValueError(f"a drift reference needs at least {self.settings.min_samples} prompts, got {len(prompts)}")
+        if outputs is not None and len(outputs) != len(prompts):
+            raise ValueError("prompts and outputs must have the same length")
+        answers = list(outputs) if outputs is not None else [None] * len(prompts)
+        with self._lock:
+            w = self._windows(model)
+            w.reference = [Observation(p, a) for p, a in zip(prompts, answers)]
+            w.reference_fixed = True
+
+    def observe(self, model: str, observation: Observation) -> None:
+        w = self._windows(model)
+        if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
+            w.reference.append(observation)
+            return
+        w.current.append(observation)
+        w.since_last += 1
+        if w.since_last >= self.settings.every_n and len(w.current) >= self.settings.window_size and not w.computing:
+            w.since_last = 0
+            w.computing = True
+            self._executor.submit(self._compute, model, list(w.reference), list(w.current))
+
+    def _compute(self, model: str, reference: list[Observation], current: list[Observation]) -> None:
+        w = self._models[model]
+        try:
+            snapshot = DriftDetector(self.settings, self._label_of(model)).compare(reference, current)
+            w.snapshot = snapshot
+            if self._on_result is not None:
+                self._on_result(model, snapshot)
+        except Exception:  # noqa: BLE001 - a failed comparison must not stop later ones
+            log.exception("drift computation for %s failed", model)
+        finally:
+            w.computing = False
+
+    def snapshot(self, model: str) -> DriftSnapshot:
+        w = self._models.get(model)
+        if w is None:
+            return DriftSnapshot(n=0)
+        if w.snapshot.computed_at is None:
+            return DriftSnapshot(n=len(w.current), reference_n=len(w.reference))
+        return w.snapshot
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Blocks until comparisons submitted so far have finished (tests, shutdown)."""
+        self._executor.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
