@@ -1,0 +1,170 @@
+"""Every error status, in OpenAI's error JSON, from a real gateway; and no request body yields a 500."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import USER_KEY, chat_body, metric_value, sha
+from fakes.gateway_thread import GatewayThread
+
+AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert "Traceback" not in r.text
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+@pytest.fixture
+def gw(make_config):
+    config = make_config({"server": {"max_body_bytes": 2048}},
+                         routing={"fallback": {"enabled": False}, "retries": {"max_attempts": 1}})
+    with GatewayThread(config, evaluator=False) as g:
+        yield g
+
+
+def test_400_malformed_json_and_bad_fields(gw):
+    url = gw.url + "/v1/chat/completions"
+    _error(httpx.post(url, content=b"{not json", headers=AUTH), 400, "invalid_request")
+    _error(httpx.post(url, content=b"[1, 2]", headers=AUTH), 400)
+    assert _error(httpx.post(url, json={"messages": []}, headers=AUTH), 400)["param"] == "model"
+    assert _error(httpx.post(url, json=chat_body(stream="yes"), headers=AUTH), 400)["param"] == "stream"
+
+
+def test_401_missing_or_wrong_key(gw):
+    url = gw.url + "/v1/chat/completions"
+    _error(httpx.post(url, json=chat_body()), 401, "invalid_api_key")
+    _error(httpx.post(url, json=chat_body(), headers={"authorization": "Bearer sk-wrong"}), 401, "invalid_api_key")
+    _error(httpx.post(url, json=chat_body(), headers={"authorization": "Basic abc"}), 401)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+
+
+def test_404_unknown_model_and_route(gw):
+    err = _error(httpx.post(gw.url + "/v1/chat/completions", json=chat_body(model="gpt-9"), headers=AUTH), 404, "model_not_found")
+    assert err["param"] == "model"
+    _error(httpx.get(gw.url + "/v1/nowhere", headers=AUTH), 404)
+
+
+def test_413_by_content_length_and_by_streamed_size(gw):
+    url = gw.url + "/v1/chat/completions"
+    big = chat_body("x" * 5000)
+    _error(httpx.post(url, json=big, headers=AUTH), 413, "request_too_large")
+
+    def chunks():  # no content-length: chunked transfer, so only the streamed size can catch it
+        for _ in range(10):
+            yield b" " * 500
+
+    _error(httpx.post(url, content=chunks(), headers=AUTH), 413, "request_too_large")
+
+
+def test_429_rate_limit_with_retry_after(make_config):
+    config = make_config({"auth": {"keys": [
+        {"name": "user", "sha256": sha(USER_KEY), "rate_limit": {"requests_per_minute": 2}}]}})
+    with GatewayThread(config, evaluator=False) as g:
+        url = g.url + "/v1/chat/completions"
+        assert [httpx.post(url, json=chat_body(), headers=AUTH).status_code for _ in range(2)] == [200, 200]
+        r = httpx.post(url, json=chat_body(), headers=AUTH)
+        _error(r, 429, "rate_limit_exceeded")
+        assert int(r.headers["retry-after"]) >= 1
+        assert metric_value(httpx.get(g.url + "/metrics").text, "distillgate_rate_limited_total", model="support") == 1
+
+
+def test_429_tokens_per_minute(make_config):
+    config = make_config({"auth": {"keys": [
+        {"name": "user", "sha256": sha(USER_KEY), "rate_limit": {"tokens_per_minute": 5}}]}})
+    with GatewayThread(config, evaluator=False) as g:
+        url = g.url + "/v1/chat/completions"
+        # each answer costs 1 prompt + 3 completion tokens: the second request drains the bucket
+        assert [httpx.post(url, json=chat_body(), headers=AUTH).status_code for _ in range(2)] == [200, 200]
+        _error(httpx.post(url, json=chat_body(), headers=AUTH), 429)
+
+
+def test_502_connect_failure_and_garbage(make_config, student):
+    config = make_config(routing={"fallback": {"enabled": False}, "retries": {"max_attempts": 1}})
+    dead = config.model_copy(deep=True)
+    dead.upstreams["vllm"].base_url = "http://127.0.0.1:9/v1"  # discard port: nothing listens
+    with GatewayThread(dead, evaluator=False) as g:
+        _error(httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH), 502, "upstream_unavailable")
+    with GatewayThread(config, evaluator=False) as g:
+        student.mode = "garbage"
+        _error(httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH), 502, "upstream_bad_response")
+        student.mode = "drop"
+        _error(httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH), 502, "upstream_unavailable")
+
+
+def test_504_upstream_timeout(make_config, student):
+    config = make_config({"upstreams": {"vllm": {"timeouts": {"first_byte_s": 0.3}}}},
+                         routing={"fallback": {"enabled": False}, "retries": {"max_attempts": 1}})
+    student.delay_s = 1.5
+    with GatewayThread(config, evaluator=False) as g:
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
+        _error(r, 504, "upstream_timeout")
+        assert r.headers["x-distillgate-route"] == "student"
+
+
+def test_upstream_4xx_passes_through(gw, student):
+    student.mode, student.status = "status", 422
+    r = httpx.post(gw.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert _error(r, 422)["message"] == "fake upstream says 422"
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=USER_KEY, max_retries=0)
+    student.status = 400
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+
+
+def test_405_on_get_of_a_post_route(gw):
+    _error(httpx.get(gw.url + "/v1/chat/completions", headers=AUTH), 405)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["support", "other", "nope", ""]) | json_values,
+        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": st.text(max_size=30)}), max_size=3) | json_values,
+        "stream": st.booleans() | json_values,
+        "max_tokens": json_values,
+        "logprobs": json_values,
+        "stream_options": json_values,
+        "user": json_values,
+    },
+)
+
+
+def test_generated_bodies_never_500(gw):
+    seen: set[int] = set()
+    with httpx.Client(base_url=gw.url, headers=AUTH, timeout=10) as client:
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(body=bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
+        def check(body, path):
+            r = client.post(path, json=body)
+            seen.add(r.status_code)
+            assert r.status_code < 500, (body, r.status_code, r.text)
+            if r.status_code != 200:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+        check()
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(raw=st.binary(max_size=200))
+        def check_bytes(raw):
+            r = client.post("/v1/chat/completions", content=raw)
+            assert r.status_code < 500, (raw, r.text)
+
+        check_bytes()
+    assert 200 in seen and 400 in seen
