@@ -3,6 +3,9 @@
     python dashboards/generate.py            # (re)write the JSON next to this file (`make dashboards`)
     python dashboards/generate.py --check    # exit 1 if the committed JSON differs from a fresh build
 
+It also refreshes the Helm chart's copies (helm/distillgate/files/): the dashboards and rules/*.yaml,
+which the chart's ConfigMaps and PrometheusRule read with .Files (a chart cannot read outside itself).
+
 Built with grafana-foundation-sdk (Grafana 11.6 schema). Every query reads the Prometheus datasource
 chosen by the `datasource` template variable and filters on the `model` variable; metric names come
 from the team catalog and the recording rules in rules/recording.yaml (tests/ops keeps them in sync).
@@ -27,6 +30,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dash
 
 OUT_DIR = Path(__file__).resolve().parent
+CHART_FILES = OUT_DIR.parent / "helm" / "distillgate" / "files"
+RULE_FILES = ("recording.yaml", "alerts.yaml")
 DS = dash.DataSourceRef(type_val="prometheus", uid="${datasource}")
 M = 'model=~"$model"'  # the model filter every query carries
 RATE = "$__rate_interval"
@@ -350,22 +355,35 @@ def render(name: str) -> str:
     return json.dumps(DASHBOARDS[name](), indent=2, sort_keys=True) + "\n"
 
 
+def expected_files(out: Path, chart_files: Path | None) -> dict[Path, str]:
+    """Every file this script owns, with the text it should have."""
+    files = {out / name: render(name) for name in DASHBOARDS}
+    if chart_files is not None:
+        files.update({chart_files / "dashboards" / name: render(name) for name in DASHBOARDS})
+        files.update({chart_files / "rules" / name: (OUT_DIR / "rules" / name).read_text() for name in RULE_FILES})
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate distillgate's Grafana dashboards.")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output directory (default: dashboards/)")
+    parser.add_argument("--chart-files", type=Path, default=CHART_FILES,
+                        help="the Helm chart's files/ directory to refresh (default: %(default)s)")
+    parser.add_argument("--no-chart", action="store_true", help="do not touch the Helm chart's copies")
     parser.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
     args = parser.parse_args(argv)
+    files = expected_files(args.out, None if args.no_chart else args.chart_files)
     stale = []
-    for name in DASHBOARDS:
-        text, path = render(name), args.out / name
+    for path, text in files.items():
         if args.check:
             if not path.exists() or path.read_text() != text:
-                stale.append(name)
+                stale.append(str(path))
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(path)
     if stale:
-        print(f"stale dashboards (run `make dashboards`): {', '.join(stale)}", file=sys.stderr)
+        print(f"stale files (run `make dashboards`): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,7 @@ UNLABELLED = ("distillgate_shadow_queue_depth", "distillgate_store_queue_depth")
 
 
 def test_committed_json_equals_a_fresh_generation(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path)],
+    res = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path), "--no-chart"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     for name in DASHBOARD_FILES:
@@ -25,10 +25,10 @@ def test_committed_json_equals_a_fresh_generation(tmp_path: Path) -> None:
 
 
 def test_check_mode_notices_a_hand_edit(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path), "--no-chart"], check=True, capture_output=True, timeout=120)
     edited = tmp_path / "gateway.json"
     edited.write_text(edited.read_text().replace("Requests by route", "Requests by rout"))
-    res = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path), "--check"],
+    res = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out", str(tmp_path), "--no-chart", "--check"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert "gateway.json" in res.stderr
