@@ -92,6 +92,7 @@ def build_student(
     kv_heads: int = 2,
     intermediate: int | None = None,
     max_positions: int = 512,
+    head_init_scale: float = 10.0,
     seed: int = 0,
 ) -> Path:
     """Write a randomly initialised LlamaForCausalLM plus the tokenizer to ``out_dir`` (safetensors)."""
@@ -116,6 +117,10 @@ def build_student(
         torch_dtype="float32",
     )
     model = LlamaForCausalLM(config)
+    # At the default init (std 0.02) the output head caps every logit near 2.5, so no adapter on a fresh
+    # student can express a confident answer (LoRA never touches lm_head); a wider head lets it.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_init_scale)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id],

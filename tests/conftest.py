@@ -18,6 +18,7 @@ from gateway.demo.processes import (
     postgres_bin_dir,
     start_postgres,
 )
+from gateway.demo.student import StudentServer, start_student_server
 
 
 def _missing(reason: str) -> None:
@@ -47,3 +48,11 @@ def prometheus_bin() -> dict[str, str]:
     except MissingBinaryError as exc:
         _missing(str(exc))
         raise  # unreachable: _missing skips or fails
+
+
+@pytest.fixture(scope="session")
+def vllm_student(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudentServer]:
+    """ONE vLLM server for the session: a tiny student built from the demo task's corpus, runtime
+    LoRA on (--enable-lora --max-lora-rank 16), --max-model-len 512, eager mode."""
+    with start_student_server(tmp_path_factory.mktemp("vllm-student")) as server:
+        yield server
