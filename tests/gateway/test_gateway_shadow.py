@@ -1,0 +1,213 @@
+"""What the gateway hands the evaluator: one ExchangeRecord per served response (observe + offer, after
+the response is sent), and `call_other` asking the side that did not answer. Also tracing and the access log.
+
+The evaluator here is a small recording stand-in that implements the Evaluator interface from the brief
+(offer/observe/start/stop) and, like the real one, runs call_other on the gateway's event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import httpx
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from conftest import ADMIN_KEY, USER_KEY, chat_body
+from evaluator.records import ExchangeRecord
+from fakes.gateway_thread import GatewayThread
+
+AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+class RecordingEvaluator:
+    def __init__(self, call_other) -> None:
+        self.call_other = call_other
+        self.observed: list[ExchangeRecord] = []
+        self.offered: list[tuple[ExchangeRecord, dict]] = []
+        self.shadows: list[ExchangeRecord | BaseException] = []
+        self.started = self.stopped = False
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def observe(self, record: ExchangeRecord) -> None:
+        self.observed.append(record)
+
+    def offer(self, record: ExchangeRecord, *, escalated: bool = False, key_name: str | None = None,
+              confidence: float | None = None) -> bool:
+        self.offered.append((record, {"escalated": escalated, "key_name": key_name, "confidence": confidence}))
+        task = asyncio.get_running_loop().create_task(self._shadow(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _shadow(self, record: ExchangeRecord) -> None:
+        try:
+            self.shadows.append(await self.call_other(record))
+        except Exception as exc:  # recorded so a test can see it
+            self.shadows.append(exc)
+
+
+def _wait(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def _gateway(config, **kw):
+    box: dict[str, RecordingEvaluator] = {}
+
+    def factory(call_other):
+        box["ev"] = RecordingEvaluator(call_other)
+        return box["ev"]
+
+    g = GatewayThread(config, evaluator=factory, **kw)
+    return g, box
+
+
+def test_served_record_and_teacher_shadow(make_config, student, teacher):
+    config = make_config({"models": {"support": {"slices": [{"name": "tier", "header": "x-tier", "values": ["pro"]}]}}})
+    g, box = _gateway(config)
+    with g:
+        ev = box["ev"]
+        assert ev.started and g.app.state.evaluator is ev
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body("hi there", temperature=0),
+                       headers={**AUTH, "x-tier": "pro"})
+        _wait(lambda: len(ev.shadows) == 1)
+        served, meta = ev.offered[0]
+        assert ev.observed == [served]
+        assert meta == {"escalated": False, "key_name": "user", "confidence": None}
+        assert served.request_id == r.headers["x-request-id"] and served.model == "support"
+        assert (served.route, served.version, served.endpoint) == ("student", "base", "chat")
+        assert served.request == chat_body("hi there", temperature=0)  # as the client sent it
+        assert served.response_text == "student says hi" and served.finish_reason == "stop"
+        assert (served.prompt_tokens, served.completion_tokens) == (2, 3)
+        assert served.slice == "tier:pro" and served.latency_s > 0
+        shadow = ev.shadows[0]
+        assert isinstance(shadow, ExchangeRecord)
+        assert (shadow.route, shadow.version, shadow.response_text) == ("teacher", "teacher-served", "teacher says hi")
+        assert shadow.request_id == served.request_id and shadow.slice == "tier:pro"
+        assert shadow.token_logprobs == (-0.1, -0.1, -0.1)
+        assert len(shadow.top_logprobs) == 3 and len(shadow.top_logprobs[0]) == 5
+        sent = teacher.requests[-1]
+        assert sent["model"] == "teacher-served" and sent["logprobs"] is True and sent["top_logprobs"] == 5
+        assert sent["stream"] is False and sent["temperature"] == 0
+    assert ev.stopped
+
+
+def test_streamed_record_is_assembled(make_config, student):
+    g, box = _gateway(make_config())
+    with g:
+        ev = box["ev"]
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}), headers=AUTH) as r:
+            b"".join(r.iter_raw())
+        _wait(lambda: len(ev.shadows) == 1)
+        served = ev.offered[0][0]
+        assert served.response_text == "student says hi" and served.completion_tokens == 3
+        assert served.ttft_s is not None and served.ttft_s <= served.latency_s
+        assert "stream_options" not in student.requests[-1] or student.requests[-1]["stream"] is True
+        assert ev.shadows[0].route == "teacher"
+
+
+def test_teacher_served_shadows_to_the_student(make_config, student, teacher):
+    g, box = _gateway(make_config())
+    with g:
+        ev = box["ev"]
+        httpx.post(g.url + "/v1/chat/completions", json=chat_body(),
+                   headers={"authorization": f"Bearer {ADMIN_KEY}", "x-distillgate-route": "teacher"})
+        _wait(lambda: len(ev.shadows) == 1)
+        assert ev.offered[0][0].route == "teacher"
+        shadow = ev.shadows[0]
+        assert (shadow.route, shadow.version, shadow.response_text) == ("student", "base", "student says hi")
+        assert student.requests[-1]["model"] == "student-served" and "top_logprobs" not in student.requests[-1]
+
+
+def test_escalation_is_offered_with_confidence_and_reuses_the_student_answer(make_config, student):
+    student.logprob = -3.0
+    g, box = _gateway(make_config(routing={"cascade": {"enabled": True, "min_mean_logprob": -1.0}}))
+    with g:
+        ev = box["ev"]
+        httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+        _wait(lambda: len(ev.shadows) == 1)
+        served, meta = ev.offered[0]
+        assert served.route == "teacher" and meta["escalated"] is True and meta["confidence"] == -3.0
+        assert ev.shadows[0].route == "student" and ev.shadows[0].response_text == "student says hi"
+        assert len(student.requests) == 1  # the shadow did not ask the student a second time
+
+
+def test_call_other_failure_raises_typed_error(make_config, teacher):
+    g, box = _gateway(make_config())
+    with g:
+        ev = box["ev"]
+        teacher.mode = "fail"
+        httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+        _wait(lambda: len(ev.shadows) == 1)
+        from gateway.errors import UpstreamStatus
+
+        assert isinstance(ev.shadows[0], UpstreamStatus) and ev.shadows[0].status == 500
+
+
+def test_tracing_spans_with_genai_attributes_and_propagation(make_config, student):
+    exporter = InMemorySpanExporter()
+    parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with GatewayThread(make_config({"tracing": {"enabled": True}}), evaluator=False, span_exporter=exporter) as g:
+        httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers={
+            **AUTH, "traceparent": f"00-{parent_trace}-00f067aa0ba902b7-01"})
+        _wait(lambda: len(exporter.get_finished_spans()) == 1)
+    span = exporter.get_finished_spans()[0]
+    attrs = dict(span.attributes)
+    assert span.name == "chat support"
+    assert attrs["gen_ai.system"] == "openai" and attrs["gen_ai.request.model"] == "support"
+    assert attrs["gen_ai.response.model"] == "student-served"
+    assert attrs["gen_ai.usage.input_tokens"] == 1 and attrs["gen_ai.usage.output_tokens"] == 3
+    assert format(span.context.trace_id, "032x") == parent_trace
+    upstream_tp = student.headers[-1]["traceparent"]
+    assert upstream_tp.split("-")[1] == parent_trace and upstream_tp.split("-")[2] == format(span.context.span_id, "016x")
+
+
+def test_no_tracing_no_spans_no_traceparent(make_config, student):
+    with GatewayThread(make_config(), evaluator=False) as g:
+        assert g.app.state.tracing is None
+        httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert "traceparent" not in student.headers[-1]
+
+
+def test_access_log_is_structured_json(make_config, caplog):
+    with caplog.at_level(logging.INFO, logger="distillgate.access"):
+        with GatewayThread(make_config({"server": {"access_log": {"enabled": True}}}), evaluator=False) as g:
+            r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+    entries = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "distillgate.access"]
+    assert len(entries) == 1
+    e = entries[0]
+    assert e["request_id"] == r.headers["x-request-id"] and e["key"] == "user" and e["route"] == "student"
+    assert e["status"] == 200 and e["completion_tokens"] == 3
+
+
+def test_real_evaluator_scores_a_known_disagreement_fraction(make_config, student, teacher, tmp_path):
+    """The real evaluator.service.Evaluator, built by the app: 3 of 10 prompts disagree."""
+    from conftest import metric_value
+
+    student.answers = lambda prompt: f"label {prompt}"
+    teacher.answers = lambda prompt: "other" if prompt in {"p1", "p4", "p7"} else f"label {prompt}"
+    config = make_config({
+        "evaluator": {"store": {"url": f"sqlite:///{tmp_path / 'pairs.db'}"}, "agreement": {"min_samples": 5}},
+        "models": {"support": {"shadow": {"rate": 1.0}}},
+    })
+    with GatewayThread(config) as g:
+        ev = g.app.state.evaluator
+        assert type(ev).__module__ == "evaluator.service"
+        for i in range(10):
+            assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(f"p{i}"), headers=AUTH).status_code == 200
+        _wait(lambda: ev.agreement("support").n == 10, timeout_s=15)
+        snap = ev.agreement("support")
+        assert (snap.agreed, snap.ratio) == (7, 0.7)
+        text = httpx.get(g.url + "/metrics").text
+        assert metric_value(text, "distillgate_pairs_total", model="support", version="base", slice="default", status="disagree") == 3
+        assert g.app.state.registry is not None  # built on the evaluator store's engine

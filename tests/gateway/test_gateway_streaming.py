@@ -1,0 +1,73 @@
+"""SSE pass-through: chunk by chunk, [DONE], include_usage, TTFT metrics, client disconnect cancelling
+the upstream, fallback before the first byte."""
+from __future__ import annotations
+
+import httpx
+import openai
+
+from conftest import USER_KEY, chat_body, metric_value
+from fakes.gateway_thread import GatewayThread
+
+AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+def test_stream_with_usage_and_done(make_config, student):
+    student.stream_delay_s = 0.01  # separate network reads, so inter-chunk gaps exist to be measured
+    with GatewayThread(make_config(), evaluator=False) as g:
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY)
+        chunks = list(client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "one two"}], stream=True,
+            stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "student says hi"
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+        assert student.requests[-1]["stream_options"] == {"include_usage": True}
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["x-distillgate-route"] == "student" and r.headers["x-request-id"]
+            raw = b"".join(r.iter_raw())
+        assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"[DONE]") == 1
+        assert b'"usage"' not in raw  # not asked for: not added
+        text = httpx.get(g.url + "/metrics").text
+        assert metric_value(text, "distillgate_ttft_seconds_count", model="support", route="student") == 2
+        assert metric_value(text, "distillgate_inter_token_seconds_count", model="support", route="student") >= 4
+        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 2
+
+
+def test_completions_stream(make_config):
+    with GatewayThread(make_config(), evaluator=False) as g:
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY)
+        parts = [c.choices[0].text for c in client.completions.create(model="support", prompt="p", stream=True) if c.choices]
+        assert "".join(parts) == "student says hi"
+
+
+def test_client_disconnect_cancels_the_upstream(make_config, student):
+    student.answer = " ".join(f"w{i}" for i in range(100))
+    student.stream_delay_s = 0.05
+    with GatewayThread(make_config(), evaluator=False) as g:
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            first = next(r.iter_raw())
+            assert first.startswith(b"data: ")
+        # the gateway must drop its upstream connection long before the 100 chunks (5 s) are out
+        assert student.stream_closed.wait(4.0), "upstream stream was not cancelled"
+        assert student.stream_disconnects == 1
+        text = httpx.get(g.url + "/metrics").text
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="499") == 1
+        assert metric_value(text, "distillgate_in_flight_requests", model="support") == 0
+
+
+def test_stream_falls_back_before_first_byte(make_config, student):
+    config = make_config(routing={"retries": {"max_attempts": 1}})
+    with GatewayThread(config, evaluator=False) as g:
+        student.mode = "fail"
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            assert r.status_code == 200 and r.headers["x-distillgate-route"] == "fallback"
+            body = b"".join(r.iter_raw())
+        assert b"teacher" in body and body.endswith(b"data: [DONE]\n\n")
+
+
+def test_stream_upstream_4xx_is_a_plain_error(make_config, student):
+    with GatewayThread(make_config(), evaluator=False) as g:
+        student.mode, student.status = "status", 400
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)
+        assert r.status_code == 400 and r.json()["error"]["message"] == "fake upstream says 400"
