@@ -210,6 +210,8 @@ class _ModelWindows:
         self.since_last = 0
         self.computing = False
         self.snapshot = DriftSnapshot(n=0)
+        # Guards the windows between the observing (event loop) thread and the computing thread.
+        self.lock = threading.Lock()
 
 
 class DriftMonitor:
@@ -222,7 +224,6 @@ class DriftMonitor:
         self._on_result = on_result
         self._models: dict[str, _ModelWindows] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillgate-drift")
-        self._lock = threading.Lock()
 
     def _windows(self, model: str) -> _ModelWindows:
         windows = self._models.get(model)
@@ -237,22 +238,30 @@ class DriftMonitor:
         if outputs is not None and len(outputs) != len(prompts):
             raise ValueError("prompts and outputs must have the same length")
         answers = list(outputs) if outputs is not None else [None] * len(prompts)
-        with self._lock:
-            w = self._windows(model)
+        w = self._windows(model)
+        with w.lock:
             w.reference = [Observation(p, a) for p, a in zip(prompts, answers)]
             w.reference_fixed = True
 
     def observe(self, model: str, observation: Observation) -> None:
         w = self._windows(model)
-        if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
-            w.reference.append(observation)
-            return
-        w.current.append(observation)
-        w.since_last += 1
+        with w.lock:
+            if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
+                w.reference.append(observation)
+                return
+            w.current.append(observation)
+            w.since_last += 1
+            self._maybe_submit(model, w)
+
+    def _maybe_submit(self, model: str, w: _ModelWindows) -> None:
+        """Called with w.lock held. One comparison at a time per model; a skipped turn runs when it ends."""
         if w.since_last >= self.settings.every_n and len(w.current) >= self.settings.window_size and not w.computing:
+            try:
+                self._executor.submit(self._compute, model, list(w.reference), list(w.current))
+            except RuntimeError:  # closed: the evaluator is shutting down
+                return
             w.since_last = 0
             w.computing = True
-            self._executor.submit(self._compute, model, list(w.reference), list(w.current))
 
     def _compute(self, model: str, reference: list[Observation], current: list[Observation]) -> None:
         w = self._models[model]
@@ -264,7 +273,10 @@ class DriftMonitor:
         except Exception:  # noqa: BLE001 - a failed comparison must not stop later ones
             log.exception("drift computation for %s failed", model)
         finally:
-            w.computing = False
+            with w.lock:
+                w.computing = False
+                # Requests that arrived meanwhile were not compared yet: do it now rather than at the next request.
+                self._maybe_submit(model, w)
 
     def snapshot(self, model: str) -> DriftSnapshot:
         w = self._models.get(model)
@@ -275,8 +287,13 @@ class DriftMonitor:
         return w.snapshot
 
     def wait_idle(self, timeout: float | None = None) -> None:
-        """Blocks until comparisons submitted so far have finished (tests, shutdown)."""
-        self._executor.submit(lambda: None).result(timeout)
+        """Blocks until no comparison is running or due (tests, reports)."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        while time.monotonic() < deadline:
+            self._executor.submit(lambda: None).result(max(0.0, deadline - time.monotonic()))
+            if not any(w.computing for w in self._models.values()):
+                return
+        raise TimeoutError("drift computations still running")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -230,9 +230,11 @@ class EmbeddingScorer(Scorer):
 class SlidingWindowLimiter:
     """At most `per_minute` acquisitions in any 60 s; `acquire` waits for a free slot."""
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._per_minute = per_minute
         self._clock = clock
+        self._sleep = sleep
         self._times: deque[float] = deque()
         self._lock = asyncio.Lock()
 
@@ -245,7 +247,7 @@ class SlidingWindowLimiter:
                 if len(self._times) < self._per_minute:
                     self._times.append(now)
                     return
-                await asyncio.sleep(60.0 - (now - self._times[0]))
+                await self._sleep(60.0 - (now - self._times[0]))
 
 
 _SCORE = re.compile(r"SCORE\s*[:=]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)

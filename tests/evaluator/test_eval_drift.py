@@ -1,0 +1,99 @@
+"""Drift detection: false-alarm rate on no-drift streams, and detection of injected shifts within the window."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from evaluator.drift import DriftDetector, DriftMonitor, Observation, categorical_psi, psi
+from evaluator.settings import DriftSettings
+
+NOUNS = ["card", "invoice", "payment", "refund", "account", "password", "login", "subscription", "plan", "charge",
+         "receipt", "order"]
+VERBS = ["failed", "was declined", "is wrong", "does not work", "disappeared", "was charged twice", "expired", "is locked"]
+WHEN = ["again", "today", "yesterday", "this morning", "since last week", "after the update", ""]
+TEMPLATES = ["my {n} {v} {a}, please help", "hi, the {n} {v} {a}. what should I do?", "{n} {v} {a} order {num}",
+             "Hello team, my {n} {v} {a}. Thanks"]
+NEW_TOPIC = ["kubernetes cluster", "gpu driver", "docker image", "terraform state", "helm chart", "ssl certificate"]
+NEW_PHRASING = ["URGENT!!! {n} {v} {a} - fix ASAP!!!",
+                "Could you kindly explain why my {n} {v} {a} given that I have tried everything in your documentation?"]
+LABELS = ["billing", "account", "technical"]
+
+
+def stream(rng: random.Random, n: int, nouns: list[str] = NOUNS, templates: list[str] = TEMPLATES,
+           label_weights: tuple[float, ...] = (0.5, 0.3, 0.2)) -> list[Observation]:
+    out = []
+    for _ in range(n):
+        prompt = rng.choice(templates).format(n=rng.choice(nouns), v=rng.choice(VERBS), a=rng.choice(WHEN),
+                                              num=rng.randint(100, 99999))
+        label = rng.choices(LABELS, weights=label_weights)[0]
+        out.append(Observation(prompt, f"intent: {label}", -rng.random()))
+    return out
+
+
+def label_of(answer: str) -> str:
+    return answer.split(": ")[-1]
+
+
+def test_psi_is_zero_for_identical_and_large_for_disjoint() -> None:
+    values = [float(i % 37) for i in range(400)]
+    assert psi(values, values) == 0.0
+    assert psi(values, [v + 100 for v in values]) > 2.0
+    assert categorical_psi(["a"] * 50 + ["b"] * 50, ["a"] * 50 + ["b"] * 50) == 0.0
+    assert categorical_psi(["a"] * 90 + ["b"] * 10, ["a"] * 10 + ["b"] * 90) > 1.0
+
+
+def test_false_alarm_rate_below_one_percent() -> None:
+    detector = DriftDetector(DriftSettings(), label_of=label_of)
+    s = DriftSettings()
+    trials, alarms = 200, 0
+    for trial in range(trials):
+        rng = random.Random(trial)
+        alarms += detector.compare(stream(rng, s.reference_size), stream(rng, s.window_size)).drifted
+    assert alarms / trials < 0.01
+
+
+@pytest.mark.parametrize(("shift", "kwargs", "side"), [
+    ("new topic vocabulary", {"nouns": NEW_TOPIC}, "input"),
+    ("new phrasing", {"templates": NEW_PHRASING}, "input"),
+    ("label mix change", {"label_weights": (0.05, 0.15, 0.8)}, "output"),
+])
+def test_injected_shift_flagged_within_window(shift: str, kwargs: dict, side: str) -> None:
+    settings = DriftSettings()
+    results = []
+    monitor = DriftMonitor(settings, label_of=lambda model: label_of, on_result=lambda m, s: results.append(s))
+    rng = random.Random(7)
+    try:
+        for obs in stream(rng, settings.reference_size + settings.window_size):  # reference, then a calm window
+            monitor.observe("m", obs)
+        monitor.wait_idle(60)
+        assert results and not results[-1].drifted, f"false alarm before the {shift}"
+        for obs in stream(rng, settings.window_size, **kwargs):
+            monitor.observe("m", obs)
+        monitor.wait_idle(60)
+    finally:
+        monitor.close()
+    snap = monitor.snapshot("m")
+    assert snap.drifted, shift
+    score = snap.input_score if side == "input" else snap.output_score
+    assert score is not None and score > settings.psi_threshold
+    assert snap.n == settings.window_size and snap.reference_n == settings.reference_size
+
+
+def test_distillation_reference_and_no_result_before_full_window() -> None:
+    settings = DriftSettings(window_size=40, reference_size=40, every_n=10)
+    monitor = DriftMonitor(settings, label_of=lambda model: label_of)
+    rng = random.Random(3)
+    ref = stream(rng, 60)
+    with pytest.raises(ValueError):
+        monitor.set_reference("m", [o.prompt for o in ref[:5]])
+    monitor.set_reference("m", [o.prompt for o in ref], [o.answer or "" for o in ref])
+    for obs in stream(rng, 39, nouns=NEW_TOPIC):
+        monitor.observe("m", obs)
+    monitor.wait_idle(60)
+    early = monitor.snapshot("m")
+    assert (early.n, early.reference_n, early.input_score) == (39, 60, None)
+    monitor.observe("m", stream(rng, 1, nouns=NEW_TOPIC)[0])
+    monitor.wait_idle(60)
+    monitor.close()
+    assert monitor.snapshot("m").drifted
