@@ -1,0 +1,255 @@
+"""The Evaluator with a plain async call_other of our own (a test double for the gateway's callable)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from evaluator.records import ExchangeRecord
+from evaluator.service import Evaluator
+from evaluator.settings import (AgreementSettings, EvaluatorSettings, ModelEvalSettings, ScorerSettings,
+                                ShadowSettings, StoreSettings)
+from evaluator.shadow import Decision, Sampler, hash_unit
+from evaluator.spend import SpendTracker
+from evaluator.metrics import EvaluatorMetrics
+
+LABEL_SCORER = ScorerSettings(kind="label", label_pattern=r"intent:\s*(\w+)", labels=["billing", "refund", "account"])
+
+
+def served(i: int, text: str = "intent: billing", route: str = "student", **kw: object) -> ExchangeRecord:
+    return ExchangeRecord(request_id=f"req-{i}", model="support", route=route, version="base", endpoint="chat",
+                          request={"model": "support", "messages": [{"role": "user", "content": f"ticket {i}"}]},
+                          response_text=text, prompt_tokens=20, completion_tokens=5, **kw)  # type: ignore[arg-type]
+
+
+def teacher_answer(record: ExchangeRecord, text: str) -> ExchangeRecord:
+    return ExchangeRecord(request_id=record.request_id, model=record.model, route="teacher", version="teacher-1",
+                          endpoint="chat", request=record.request, response_text=text, prompt_tokens=20,
+                          completion_tokens=10, slice=record.slice)
+
+
+def settings_for(tmp_path: Path, **kw: object) -> EvaluatorSettings:
+    url = f"sqlite:///{tmp_path / 'ev.db'}"
+    return EvaluatorSettings(store=StoreSettings(url=url, flush_interval_s=0.02),
+                             agreement=AgreementSettings(min_samples=10), **kw)  # type: ignore[arg-type]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+# -- sampler ---------------------------------------------------------------------------------------------
+def test_deterministic_sampling_by_request_id() -> None:
+    settings = ShadowSettings(rate=0.3, deterministic=True)
+    a, b = Sampler(settings, lambda: 0), Sampler(settings, lambda: 0)
+    decisions = [a.decide(served(i)) for i in range(2000)]
+    assert decisions == [b.decide(served(i)) for i in range(2000)]
+    assert all((d is Decision.SAMPLE) == (hash_unit(f"req-{i}") < 0.3) for i, d in enumerate(decisions))
+    assert 0.25 < decisions.count(Decision.SAMPLE) / 2000 < 0.35
+    assert a.decide(served(1, route="teacher")) is Decision.SKIP  # direction: student answers are shadowed
+
+
+def test_always_rules_override_rate() -> None:
+    sampler = Sampler(ShadowSettings(rate=0.0, always_below_confidence=-1.0, always_for_keys=["vip"],
+                                     always_for_slices=["tier"]), lambda: 0)
+    assert sampler.decide(served(1)) is Decision.SKIP
+    assert sampler.decide(served(1, route="teacher"), escalated=True) is Decision.SAMPLE
+    assert sampler.decide(served(2), confidence=-2.5) is Decision.SAMPLE
+    assert sampler.decide(served(2), confidence=-0.5) is Decision.SKIP
+    assert sampler.decide(served(3), key_name="vip") is Decision.SAMPLE
+    assert sampler.decide(served(4, slice="tier:gold")) is Decision.SAMPLE
+
+
+def test_spend_cap_backs_off_then_recovers_after_an_hour() -> None:
+    clock = [1000.0]
+    models = {"support": ModelEvalSettings()}
+    spend = SpendTracker(models, EvaluatorMetrics(CollectorRegistry()), clock=lambda: clock[0])
+    sampler = Sampler(ShadowSettings(rate=1.0, teacher_tokens_per_hour=1000), lambda: spend.shadow_tokens_last_hour("support"))
+    assert all(sampler.decide(served(i)) is Decision.SAMPLE for i in range(50))
+    spend.observe_shadow(ExchangeRecord("s", "support", "teacher", "t", "chat", {}, "x", prompt_tokens=500,
+                                        completion_tokens=250))
+    # 750 of 1000 used: the effective rate is 2 * (1 - 0.75) = 0.5 of the configured one.
+    decisions = [sampler.decide(served(i)) for i in range(2000)]
+    assert 0.4 < decisions.count(Decision.SAMPLE) / 2000 < 0.6
+    assert set(decisions) == {Decision.SAMPLE, Decision.SPEND_CAP}
+    spend.observe_shadow(ExchangeRecord("s2", "support", "teacher", "t", "chat", {}, "x", prompt_tokens=300))
+    assert {sampler.decide(served(i)) for i in range(200)} == {Decision.SPEND_CAP}
+    assert sampler.decide(served(1), escalated=True) is Decision.SPEND_CAP  # the cap binds always-rules too
+    clock[0] += 3601
+    assert spend.shadow_tokens_last_hour("support") == 0
+    assert sampler.decide(served(1)) is Decision.SAMPLE
+
+
+# -- the service -----------------------------------------------------------------------------------------
+def test_shadow_flow_scores_stores_and_exports(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=1.0), scorer=LABEL_SCORER)}
+    seen: list[str] = []
+
+    async def call_other(record: ExchangeRecord) -> ExchangeRecord:
+        seen.append(record.request_id)
+        # The teacher agrees on even tickets, says "refund" on odd ones.
+        i = int(record.request_id.split("-")[1])
+        return teacher_answer(record, "intent: billing" if i % 2 == 0 else "intent: refund")
+
+    async def run() -> Evaluator:
+        ev = Evaluator(settings_for(tmp_path), models, call_other, registry=registry)
+        await ev.start()
+        for i in range(40):
+            record = served(i)
+            ev.observe(record)
+            assert ev.offer(record) is True
+        assert ev.offer(served(99, route="teacher")) is False  # not shadowed in this direction
+        await ev.stop()
+        return ev
+
+    ev = asyncio.run(run())
+    assert sorted(seen) == sorted(f"req-{i}" for i in range(40))
+    snap = ev.agreement("support")
+    assert (snap.n, snap.agreed, snap.ratio) == (40, 20, 0.5)
+    assert sample(registry, "distillgate_pairs_total", model="support", version="base", slice="default",
+                  status="agree") == 20
+    assert sample(registry, "distillgate_agreement_ratio", model="support", version="base", slice="all") == 0.5
+    assert sample(registry, "distillgate_agreement_lower_bound_ratio", model="support", version="base",
+                  slice="default") == snap.lower
+    assert sample(registry, "distillgate_shadow_completed_total", model="support", status="ok") == 40
+    # 40 shadow teacher answers of 30 tokens each; 40 student-served requests saved money.
+    assert sample(registry, "distillgate_teacher_tokens_total", model="support") == 1200
+    assert sample(registry, "distillgate_saved_dollars_total", model="support") > 0
+    from evaluator.store import PairStore
+
+    store = PairStore(ev.settings.store.url, ev.settings.store)
+    pairs = store.pairs("support")
+    assert len(pairs) == 40 and sum(p.agreed for p in pairs) == 20
+    assert store.count("exchanges") == 80  # 40 served (stored once) + 40 shadow answers
+    store.close()
+
+
+def test_queue_full_drops_are_counted_and_offer_never_blocks(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=1.0), scorer=LABEL_SCORER)}
+    release = asyncio.Event()
+
+    async def call_other(record: ExchangeRecord) -> ExchangeRecord:
+        await release.wait()
+        return teacher_answer(record, "intent: billing")
+
+    async def run() -> tuple[list[bool], Evaluator]:
+        ev = Evaluator(settings_for(tmp_path, queue_size=3, workers=1), models, call_other, registry=registry)
+        await ev.start()
+        results = [ev.offer(served(0))]
+        await asyncio.sleep(0.05)  # let the single worker take the first record and block on the teacher
+        results += [ev.offer(served(i)) for i in range(1, 30)]  # all from one loop turn: nothing can drain
+        release.set()
+        await ev.stop()
+        return results, ev
+
+    results, ev = asyncio.run(run())
+    accepted = results.count(True)
+    assert accepted == 4  # one in the worker's hands + a full queue of three
+    assert sample(registry, "distillgate_shadow_dropped_total", model="support", status="queue_full") == 30 - accepted
+    assert sample(registry, "distillgate_shadow_sampled_total", model="support") == 30
+    assert sample(registry, "distillgate_shadow_completed_total", model="support", status="ok") == accepted
+    assert ev.agreement("support").n == accepted
+
+
+def test_stop_persists_pending_and_start_replays_them(tmp_path: Path) -> None:
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=1.0), scorer=LABEL_SCORER)}
+    settings = settings_for(tmp_path, drain_timeout_s=0.1, workers=2)
+
+    async def stuck(record: ExchangeRecord) -> ExchangeRecord:
+        await asyncio.Event().wait()  # a teacher that never answers
+        raise AssertionError("unreachable")
+
+    async def answers(record: ExchangeRecord) -> ExchangeRecord:
+        return teacher_answer(record, "intent: billing")
+
+    async def first_run() -> None:
+        ev = Evaluator(settings, models, stuck, registry=CollectorRegistry())
+        await ev.start()
+        assert all(ev.offer(served(i)) for i in range(5))
+        await ev.stop()
+        assert ev.offer(served(9)) is False  # stopped: counted as shutdown, never raises
+
+    async def second_run() -> Evaluator:
+        ev = Evaluator(settings, models, answers, registry=CollectorRegistry())
+        await ev.start()
+        await ev.stop()
+        return ev
+
+    asyncio.run(first_run())
+    from evaluator.store import PairStore
+
+    store = PairStore(settings.store.url, settings.store)
+    assert store.count("pending_shadows") == 5
+    store.close()
+    ev = asyncio.run(second_run())
+    assert ev.agreement("support").n == 5
+    store = PairStore(settings.store.url, settings.store)
+    assert store.count("pending_shadows") == 0
+    assert sorted(p.served.request_id for p in store.pairs("support")) == [f"req-{i}" for i in range(5)]
+    store.close()
+
+
+def test_failed_shadow_calls_and_feedback(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=1.0), scorer=LABEL_SCORER)}
+
+    async def failing(record: ExchangeRecord) -> ExchangeRecord:
+        raise ConnectionError("teacher down")
+
+    async def run() -> tuple[bool, bool]:
+        ev = Evaluator(settings_for(tmp_path), models, failing, registry=registry)
+        await ev.start()
+        record = served(1)
+        ev.observe(record)
+        ev.offer(record)
+        known = await ev.record_feedback("req-1", label="refund", rating=0.0, comment=None, key_name="ops")
+        unknown = await ev.record_feedback("nope", label="x", rating=None, comment=None, key_name=None)
+        await ev.stop()
+        return known, unknown
+
+    known, unknown = asyncio.run(run())
+    assert (known, unknown) == (True, False)
+    assert sample(registry, "distillgate_shadow_completed_total", model="support", status="error") == 1
+    assert sample(registry, "distillgate_shadow_dropped_total", model="support", status="error") == 1
+    assert sample(registry, "distillgate_feedback_total", model="support") == 1
+
+
+def test_judge_goes_to_the_teacher_through_call_other(tmp_path: Path) -> None:
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=1.0),
+                                           scorer=ScorerSettings(kind="judge", threshold=0.8))}
+    probes: list[ExchangeRecord] = []
+
+    async def call_other(record: ExchangeRecord) -> ExchangeRecord:
+        if record.request_id.startswith("judge-"):
+            probes.append(record)
+            return teacher_answer(record, "SCORE: 9")
+        return teacher_answer(record, "a different answer")
+
+    async def run() -> Evaluator:
+        ev = Evaluator(settings_for(tmp_path), models, call_other, registry=CollectorRegistry())
+        await ev.start()
+        ev.offer(served(1, text="my answer"))
+        await ev.stop()
+        return ev
+
+    ev = asyncio.run(run())
+    assert len(probes) == 1 and probes[0].route == "student"  # "served by the student" = ask the teacher
+    assert "my answer" in probes[0].request["messages"][0]["content"]
+    assert ev.agreement("support").agreed == 1
+
+
+def test_evaluators_can_coexist_in_one_process(tmp_path: Path) -> None:
+    models = {"support": ModelEvalSettings()}
+
+    async def call_other(record: ExchangeRecord) -> ExchangeRecord:
+        return record
+
+    first, second = CollectorRegistry(), CollectorRegistry()
+    a = Evaluator(settings_for(tmp_path), models, call_other, registry=first)
+    Evaluator(settings_for(tmp_path), models, call_other, registry=second)
+    a.offer(served(1))
+    assert sample(first, "distillgate_shadow_offered_total", model="support") == 1
+    assert sample(second, "distillgate_shadow_offered_total", model="support") == 0
