@@ -59,6 +59,7 @@ class TrainSettings(_Strict):
     max_length: int = 128
     warmup_ratio: float = 0.05
     early_stopping_patience: int = 2
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="by request hash, for early stopping; 0 = validate on train")
     seed: int = 0
 
 
