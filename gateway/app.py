@@ -73,7 +73,7 @@ def _build_evaluator(evaluator: Any, config: DistillgateConfig, call_other: Shad
     return service.Evaluator(config.evaluator, config.models, call_other, registry=registry)
 
 
-def _build_registry(evaluator: Any) -> Any:
+def _build_registry(evaluator: Any, config: DistillgateConfig) -> Any:
     """The model-version registry on the evaluator store's engine, when both exist."""
     engine = getattr(getattr(evaluator, "store", None), "engine", None)
     if engine is None:
@@ -82,7 +82,7 @@ def _build_registry(evaluator: Any) -> Any:
         module = importlib.import_module("redistill.registry")
     except ImportError:
         return None
-    return module.Registry(engine)
+    return module.Registry(engine, canary_percent=config.redistill.promote.canary_percent)
 
 
 def create_app(
@@ -126,7 +126,7 @@ def create_app(
         proxy.evaluator = ev
         app.state.evaluator = ev
         if poller.registry is None:
-            poller.registry = _build_registry(ev)
+            poller.registry = _build_registry(ev, config)
         app.state.registry = poller.registry
         await poller.start()
         if tune_gc:
