@@ -10,7 +10,7 @@ from redistill.generate import LocalGenerator
 from redistill.settings import GateSettings, TrainSettings
 from redistill.train import TrainError, train
 
-from toytask import DRIFTED, ExactScorer, examples, make_distilled_student
+from redistill_toy import DRIFTED, ExactScorer, examples, make_distilled_student
 
 FAST = dict(learning_rate=5e-3, batch_size=20, epochs=40, max_steps=40, lora_r=8, lora_alpha=16,
             max_length=64, warmup_ratio=0.0, early_stopping_patience=100,
