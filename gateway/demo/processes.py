@@ -299,9 +299,15 @@ def start_prometheus(
     port: int | None = None,
     workdir: str | Path | None = None,
     binary: str = "prometheus",
+    alert_resend_delay: str = "2s",
+    extra_args: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> ManagedProcess:
-    """Prometheus with its own TSDB dir; ``.url`` is its base URL (``/api/v1/...`` under it)."""
+    """Prometheus with its own TSDB dir; ``.url`` is its base URL (``/api/v1/...`` under it).
+
+    Alerts that fire before Prometheus has discovered its Alertmanagers (~5 s after start) are only
+    re-sent after ``alert_resend_delay`` (Prometheus' default: 1 minute), hence the short default.
+    """
     work = _workdir(workdir, "prometheus-")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -313,6 +319,8 @@ def start_prometheus(
             f"--storage.tsdb.path={work / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--web.enable-lifecycle",
+            f"--rules.alert.resend-delay={alert_resend_delay}",
+            *extra_args,
         ],
         work / "prometheus.log",
         url=url,

@@ -85,3 +85,49 @@ def test_wait_http_succeeds_on_a_real_server(tmp_path: Path) -> None:
 def test_wait_http_times_out_without_a_server() -> None:
     with pytest.raises(TimeoutError):
         wait_http(f"http://127.0.0.1:{free_port()}/", 0.5)
+
+
+@pytest.mark.prometheus
+def test_prometheus_alert_reaches_a_webhook_through_alertmanager(prometheus_bin: dict[str, str], tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gateway.demo.processes import start_alertmanager, start_prometheus
+
+    received: list[dict] = []
+    got = threading.Event()
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            got.set()
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    am_cfg = tmp_path / "am.yml"
+    am_cfg.write_text(
+        "route: {receiver: hook, group_wait: 0s, group_interval: 1s, repeat_interval: 1h}\n"
+        f"receivers: [{{name: hook, webhook_configs: [{{url: 'http://127.0.0.1:{sink.server_port}/alerts'}}]}}]\n"
+    )
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups: [{name: t, rules: [{alert: AlwaysOn, expr: vector(1), for: 0s}]}]\n")
+    try:
+        with start_alertmanager(am_cfg, workdir=tmp_path / "am") as am:
+            prom_cfg = tmp_path / "prom.yml"
+            prom_cfg.write_text(
+                "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                f"rule_files: ['{rules}']\n"
+                f"alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am.port}']}}]}}]}}\n"
+            )
+            with start_prometheus(prom_cfg, workdir=tmp_path / "prom") as prom:
+                assert got.wait(60), prom.log_tail() + am.log_tail()
+        assert received[0]["alerts"][0]["labels"]["alertname"] == "AlwaysOn"
+        assert not prom.alive() and not am.alive()
+    finally:
+        sink.shutdown()
