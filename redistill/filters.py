@@ -70,3 +70,16 @@ def apply_filters(
         else:
             report.dropped[reason] += 1
     return keep
+
+
+def scorer_validator(scorer: object) -> Callable[[str], bool] | None:
+    """What "invalid per the model's scorer" means: a label scorer that cannot extract a known label,
+    a JSON scorer that finds no object. Free-text scorers accept anything."""
+    from evaluator.scorers import INVALID_LABEL, parse_json_object
+
+    extract = getattr(scorer, "extract", None)
+    if callable(extract):
+        return lambda text: extract(text) != INVALID_LABEL
+    if getattr(scorer, "name", None) == "json":
+        return lambda text: parse_json_object(text) is not None
+    return None

@@ -17,7 +17,9 @@ from redistill.settings import GateSettings
 
 
 class Scorer(Protocol):
-    def score(self, candidate: str, reference: str) -> float: ...
+    """evaluator.scorers.Scorer's text comparison (build_scorer(ScorerSettings) returns one)."""
+
+    def similarity(self, student: str, teacher: str) -> float: ...
 
 
 Generate = Callable[[Path | None, Sequence[Example]], list[str]]
@@ -30,7 +32,7 @@ def reference(ex: Example) -> str:
 def mean_score(scorer: Scorer, outputs: Sequence[str], examples: Sequence[Example]) -> float:
     if not examples:
         return 0.0
-    return sum(float(scorer.score(o, reference(e))) for o, e in zip(outputs, examples, strict=True)) / len(examples)
+    return sum(float(scorer.similarity(o, reference(e))) for o, e in zip(outputs, examples, strict=True)) / len(examples)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,9 @@ def examples(tokenizer=None, source: dict[str, list[str]] = INTENTS) -> list[Exa
     return out
 
 
-class ExactScorer:
-    """Stand-in for the evaluator's exact/label scorer where evaluator.scorers is not needed."""
+def label_scorer():
+    """The evaluator's real label scorer, configured for this task."""
+    from evaluator.scorers import build_scorer
+    from evaluator.settings import ScorerSettings
 
-    def score(self, candidate: str, reference: str) -> float:
-        return float(candidate.strip() == reference.strip())
+    return build_scorer(ScorerSettings(kind="label", labels=list(INTENTS)))

@@ -10,7 +10,7 @@ from redistill.generate import LocalGenerator
 from redistill.settings import GateSettings, TrainSettings
 from redistill.train import TrainError, train
 
-from redistill_toy import DRIFTED, ExactScorer, examples, make_distilled_student
+from redistill_toy import DRIFTED, label_scorer, examples, make_distilled_student
 
 FAST = dict(learning_rate=5e-3, batch_size=20, epochs=40, max_steps=40, lora_r=8, lora_alpha=16,
             max_length=64, warmup_ratio=0.0, early_stopping_patience=100,
@@ -36,15 +36,15 @@ def test_training_improves_agreement_and_uses_topk_kd(student, trained):
     assert (result.output_dir / "adapter_config.json").exists()
     gen = LocalGenerator(student, max_new_tokens=4)
     drifted, old = examples(None, DRIFTED), examples()
-    before = mean_score(ExactScorer(), gen.generate(None, drifted), drifted)
-    after = mean_score(ExactScorer(), gen.generate(result.output_dir, drifted), drifted)
+    before = mean_score(label_scorer(), gen.generate(None, drifted), drifted)
+    after = mean_score(label_scorer(), gen.generate(result.output_dir, drifted), drifted)
     assert after > before
     # and over the whole task (old phrasings included), agreement with the teacher went up
     both = drifted + old
-    assert mean_score(ExactScorer(), gen.generate(result.output_dir, both), both) > mean_score(
-        ExactScorer(), gen.generate(None, both), both)
+    assert mean_score(label_scorer(), gen.generate(result.output_dir, both), both) > mean_score(
+        label_scorer(), gen.generate(None, both), both)
     # the base is left clean after an adapter was applied
-    assert mean_score(ExactScorer(), gen.generate(None, drifted), drifted) == before
+    assert mean_score(label_scorer(), gen.generate(None, drifted), drifted) == before
 
 
 def test_resume_from_checkpoint_continues_step_count(student, trained):
@@ -67,7 +67,7 @@ def test_gate_passes_good_candidate_and_rejects_broken_one(student, trained, tmp
     data = examples(None, DRIFTED)
     settings = GateSettings(retention_threshold=0.5, regression_tolerance=0.1)
     report = evaluate_gate(new_heldout=data, previous=[HeldoutSet("old", examples())], candidate=result.output_dir,
-                           current=None, generate=gen.generate, scorer=ExactScorer(), settings=settings)
+                           current=None, generate=gen.generate, scorer=label_scorer(), settings=settings)
     assert report["passed"], report["reasons"]
     assert report["teacher_score"] == 1.0 and report["retention"] >= 0.5
     assert report["candidate_score"] > report["current_score"] and report["previous_heldout"][0]["n"] == 12
@@ -82,6 +82,6 @@ def test_gate_passes_good_candidate_and_rejects_broken_one(student, trained, tmp
     torch.manual_seed(1)
     save_file({k: torch.randn_like(v) * 5 for k, v in weights.items()}, str(broken / "adapter_model.safetensors"))
     bad = evaluate_gate(new_heldout=data, previous=[], candidate=broken, current=result.output_dir,
-                        generate=gen.generate, scorer=ExactScorer(), settings=settings)
+                        generate=gen.generate, scorer=label_scorer(), settings=settings)
     assert not bad["passed"]
     assert any("retention" in r for r in bad["reasons"]) and any("current student" in r for r in bad["reasons"])
