@@ -364,3 +364,12 @@ def test_notes_render() -> None:
     notes = _render(PROD_VALUES)["distillgate/templates/NOTES.txt"]
     assert f"http://{RELEASE}-distillgate.{NAMESPACE}.svc:8080/v1" in notes
     assert "postgres" in notes and "kubernetes" in notes
+
+
+def test_runbook_base_url_rewrites_alert_annotations() -> None:
+    base = "https://git.example.com/distillgate/blob/main/dashboards/RUNBOOK.md"
+    values = _merged(ALL_MONITORING, {"monitoring": {"prometheusRule": {"runbookBaseUrl": base}}})
+    rule = _one(_docs(_render(values)), "PrometheusRule")
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert urls["StudentAgreementLow"] == base + "#studentagreementlow"
+    assert all(u.startswith(base + "#") for u in urls.values())
