@@ -26,12 +26,16 @@ from rich.progress import Progress  # noqa: E402
 
 from bench.gateway_metrics import scrape, shadow_note  # noqa: E402
 from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, wrk_available  # noqa: E402
+from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
     BENCH_KEY, Target, TargetUnavailable, start_floor, start_gateway, start_litellm, start_nginx, start_upstream,
 )
 
-ALL_TARGETS = ("direct", "floor", "nginx", "litellm", "gateway")
+DEFAULT_TARGETS = ("direct", "floor", "nginx", "litellm", "gateway")
+# gateway-nodrift: the same gateway with drift recomputation pushed out of the run, to show what it costs.
+ALL_TARGETS = (*DEFAULT_TARGETS, "gateway-nodrift")
+NO_DRIFT = {"evaluator": {"drift": {"every_n": 10**9}}}
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -40,13 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, --quick 3)")
     p.add_argument("--rounds", type=int, default=2, help="rounds (targets interleaved); medians are reported")
     p.add_argument("--connections", default="1,16,64", help="comma-separated wrk connection counts")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS))
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"any of {','.join(ALL_TARGETS)}")
     p.add_argument("--upstream-delay-ms", type=int, default=50, help="upstream delay for the p99 case (0 = skip)")
     p.add_argument("--p99-connections", type=int, default=16)
     p.add_argument("--ttft-requests", type=int, default=300)
     p.add_argument("--ttft-gap-ms", type=int, default=2, help="gap between upstream SSE chunks in the TTFT probe")
     p.add_argument("--soak-duration", type=float, default=60.0, help="seconds of C=16 load watching RSS (0 = skip)")
-    p.add_argument("--soak-targets", default="floor,gateway")
+    p.add_argument("--soak-targets", default="floor,gateway,gateway-nodrift")
     p.add_argument("--gateway-shadow-rate", type=float, default=0.0,
                    help="shadow sampling in the gateway under test (offer() still runs on every request)")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core the proxy under test is pinned to")
@@ -83,6 +87,9 @@ def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teache
         "litellm": lambda: start_litellm(work, args.proxy_cpu, upstream.base_url),
         "gateway": lambda: start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url,
                                          shadow_rate=args.gateway_shadow_rate),
+        "gateway-nodrift": lambda: start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url,
+                                                 shadow_rate=args.gateway_shadow_rate, name="gateway-nodrift",
+                                                 overrides=NO_DRIFT),
     }
     started: dict[str, Target] = {}
     skipped: list[str] = []
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 for body in (chat_body(stream=False), chat_body(stream=True)):
                     run_wrk(targets[name].url, body, connections=16, duration_s=1, server_pid=None,
                             load_cpu=args.load_cpu, key=BENCH_KEY)
+                wait_quiet(targets[name].pid)
                 progress.advance(task)
             for rnd in range(args.rounds):
                 for label, conns, body in cells:
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             ttft_body = chat_body(stream=True, gap_ms=args.ttft_gap_ms)
             for name in order:
                 progress.update(task, description=f"TTFT {name}")
+                wait_quiet(targets[name].pid)
                 ttft[name] = measure_ttft(targets[name].url, ttft_body, key=BENCH_KEY, requests=args.ttft_requests)
                 progress.advance(task)
             if args.soak_duration:
@@ -172,14 +181,43 @@ def _median(runs: list[RunResult], attr: str) -> float | None:
     return median_or_none([getattr(r, attr) for r in runs])
 
 
+def gateway_ratios(r: list[Ratio], gw: str, args, get, added, ttft, results) -> None:  # noqa: ANN001
+    for c in args.connections:
+        for mode in ("json", "stream"):
+            label = f"{mode} C={c}"
+            r.append(Ratio(f"{gw} CPU/req ÷ floor ({label})", safe_div(get(gw, label, "cpu_ms_per_req"),
+                           get("floor", label, "cpu_ms_per_req")), "<= 1.3", 1.3))
+    for c in args.connections:
+        label = f"json C={c}"
+        r.append(Ratio(f"{gw} CPU/req ÷ LiteLLM ({label})", safe_div(get(gw, label, "cpu_ms_per_req"),
+                       get("litellm", label, "cpu_ms_per_req")), "< 1 (lower is better)", 1.0))
+        r.append(Ratio(f"{gw} req/s ÷ LiteLLM ({label})", safe_div(get(gw, label, "rps"),
+                       get("litellm", label, "rps")), "informational", None))
+    if 1 in args.connections:
+        r.append(Ratio(f"{gw} added p50 at C=1 ÷ floor's (json)", safe_div(added(gw, "json C=1", "p50_ms"),
+                       added("floor", "json C=1", "p50_ms")), "<= 1.3", 1.3, "added = target p50 − direct p50"))
+    if args.upstream_delay_ms:
+        label = f"json {args.upstream_delay_ms}ms C={args.p99_connections}"
+        r.append(Ratio(f"{gw} p99 ÷ floor's ({label})", safe_div(get(gw, label, "p99_ms"), get("floor", label, "p99_ms")),
+                       "<= 1.5", 1.5))
+        r.append(Ratio(f"{gw} added p99 ÷ floor's added p99 ({label})", safe_div(added(gw, label, "p99_ms"),
+                       added("floor", label, "p99_ms")), "stricter view", 1.5, "added = target p99 − direct p99"))
+    if {gw, "floor", "direct"} <= ttft.keys():
+        d = ttft["direct"].p50_ms
+        r.append(Ratio(f"{gw} streaming TTFT added ÷ floor's (C=1)", safe_div(ttft[gw].p50_ms - d, ttft["floor"].p50_ms - d),
+                       "<= 1.5", 1.5, "p50 of first SSE chunk, aiohttp client"))
+    rss = max((x.rss_end_mb or 0) for runs in results[gw].values() for x in runs)
+    r.append(Ratio(f"{gw} RSS MB (max at run ends)", rss, "< 150", 149.999))
+
+
 def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> Report:  # noqa: ANN001
     cols = ["target", "scenario", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "CPU ms/req",
-            "RSS MB", "errors"]
+            "RSS MB", "settle s", "errors"]
     report = Report(f"gateway overhead ({args.rounds}x{args.duration:.0f}s per cell, medians)", cols)
     med: dict[tuple[str, str], dict[str, float | None]] = {}
     for name, by_cell in results.items():
         for label, runs in by_cell.items():
-            med[name, label] = {a: _median(runs, a) for a in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "rss_end_mb")}
+            med[name, label] = {a: _median(runs, a) for a in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "rss_end_mb", "settle_s")}
             med[name, label]["errors"] = sum(r.errors for r in runs)
     for label, _, _ in cells:
         base = med.get(("direct", label))
@@ -188,11 +226,12 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
             added50 = m["p50_ms"] - base["p50_ms"] if base and name != "direct" else None
             added99 = m["p99_ms"] - base["p99_ms"] if base and name != "direct" else None
             report.rows.append([name, label, fmt(m["rps"], 0), fmt(m["p50_ms"]), fmt(m["p99_ms"]), fmt(added50),
-                                fmt(added99), fmt(m["cpu_ms_per_req"], 3), fmt(m["rss_end_mb"], 0), str(m["errors"])])
+                                fmt(added99), fmt(m["cpu_ms_per_req"], 3), fmt(m["rss_end_mb"], 0), fmt(m["settle_s"], 1),
+                                str(m["errors"])])
     for name, t in ttft.items():
         added = t.p50_ms - ttft["direct"].p50_ms if "direct" in ttft and name != "direct" else None
         report.rows.append([name, f"TTFT C=1 (gap {args.ttft_gap_ms}ms)", "–", fmt(t.p50_ms), fmt(t.p99_ms),
-                            fmt(added), "–", "–", "–", str(t.errors)])
+                            fmt(added), "–", "–", "–", "–", str(t.errors)])
 
     def get(name: str, label: str, attr: str) -> float | None:
         return med.get((name, label), {}).get(attr)
@@ -202,33 +241,8 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
         return a - d if a is not None and d is not None else None
 
     r = report.ratios
-    for c in args.connections:
-        for mode in ("json", "stream"):
-            label = f"{mode} C={c}"
-            r.append(Ratio(f"gateway CPU/req ÷ floor ({label})", safe_div(get("gateway", label, "cpu_ms_per_req"),
-                           get("floor", label, "cpu_ms_per_req")), "<= 1.3", 1.3))
-    for c in args.connections:
-        label = f"json C={c}"
-        r.append(Ratio(f"gateway CPU/req ÷ LiteLLM ({label})", safe_div(get("gateway", label, "cpu_ms_per_req"),
-                       get("litellm", label, "cpu_ms_per_req")), "< 1 (lower is better)", 1.0))
-        r.append(Ratio(f"gateway req/s ÷ LiteLLM ({label})", safe_div(get("gateway", label, "rps"),
-                       get("litellm", label, "rps")), "informational", None))
-    if 1 in args.connections:
-        r.append(Ratio("added p50 at C=1 ÷ floor's (json)", safe_div(added("gateway", "json C=1", "p50_ms"),
-                       added("floor", "json C=1", "p50_ms")), "<= 1.3", 1.3, "added = target p50 − direct p50"))
-    if args.upstream_delay_ms:
-        label = f"json {args.upstream_delay_ms}ms C={args.p99_connections}"
-        r.append(Ratio(f"p99 ÷ floor's ({label})", safe_div(get("gateway", label, "p99_ms"), get("floor", label, "p99_ms")),
-                       "<= 1.5", 1.5))
-        r.append(Ratio(f"added p99 ÷ floor's added p99 ({label})", safe_div(added("gateway", label, "p99_ms"),
-                       added("floor", label, "p99_ms")), "stricter view", 1.5, "added = target p99 − direct p99"))
-    if {"gateway", "floor", "direct"} <= ttft.keys():
-        d = ttft["direct"].p50_ms
-        r.append(Ratio("streaming TTFT added ÷ floor's (C=1)", safe_div(ttft["gateway"].p50_ms - d, ttft["floor"].p50_ms - d),
-                       "<= 1.5", 1.5, "p50 of first SSE chunk, aiohttp client"))
-    if "gateway" in results:
-        rss = max((x.rss_end_mb or 0) for runs in results["gateway"].values() for x in runs)
-        r.append(Ratio("gateway RSS MB (max at run ends)", rss, "< 150", 149.999))
+    for gw in [n for n in ("gateway", "gateway-nodrift") if n in results]:
+        gateway_ratios(r, gw, args, get, added, ttft, results)
     for name, run in soak.items():
         start, end, grew = growth(run.rss_samples_mb)
         if start is not None:
@@ -237,6 +251,8 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
                            f"CPU {fmt(run.cpu_ms_per_req, 3)} ms/req, p99 {run.p99_ms:.1f} ms"))
     report.notes.append(f"proxy pinned to core {args.proxy_cpu}; wrk, fake upstream and TTFT client on core "
                         f"{args.load_cpu}; load average at start {load1:.2f} (other work on this machine adds noise)")
+    report.notes.append("CPU ms/req counts the server's CPU from the start of a run until it is idle again "
+                        "(settle s = how long background work such as store writes continued after the load stopped)")
     report.notes.append(f"gateway: auth on (1 key), routing, metrics, shadow offer with sampling rate "
                         f"{args.gateway_shadow_rate}; counters after the run: {counters or 'n/a'}")
     if "gateway" in results and shadow_note(counters):

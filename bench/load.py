@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.proctree import sample
+from bench.proctree import sample, wait_quiet
 
 _LUA = """
 wrk.method = "POST"
@@ -63,6 +63,7 @@ class RunResult:
     rss_start_mb: float | None
     rss_end_mb: float | None
     rss_samples_mb: list[float] = field(default_factory=list)
+    settle_s: float = 0.0  # how long the server kept working after the load stopped (counted in CPU/req)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +103,8 @@ def wrk_available() -> str:
 def run_wrk(
     url: str, body: str, *, connections: int, duration_s: float, server_pid: int | None, load_cpu: int, key: str
 ) -> RunResult:
-    """One closed-loop wrk run; CPU/RSS are the server tree's deltas over exactly this run."""
+    """One closed-loop wrk run. CPU is the server tree's delta from the start until it is quiet again after
+    the load stops, so work a request causes later (store writes, drift, shadows) is charged to it."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_LUA % {"body": body, "key": key})
         script = f.name
@@ -111,6 +113,7 @@ def run_wrk(
     before = sample(server_pid) if server_pid else None
     with RssWatcher(server_pid) as watcher:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+        settle = wait_quiet(server_pid) if server_pid else 0.0
     after = sample(server_pid) if server_pid else None
     Path(script).unlink(missing_ok=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
@@ -131,6 +134,7 @@ def run_wrk(
         rss_start_mb=round(before.rss_mb, 1) if before else None,
         rss_end_mb=round(after.rss_mb, 1) if after else None,
         rss_samples_mb=watcher.samples,
+        settle_s=round(settle, 2),
     )
 
 

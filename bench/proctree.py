@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +53,17 @@ def sample(root: int) -> TreeSample:
         rss_pages += int(fields[21])
         alive.append(pid)
     return TreeSample(cpu_ticks / _TICKS, rss_pages * _PAGE / 1e6, tuple(alive))
+
+
+def wait_quiet(root: int, *, busy_below: float = 0.05, window_s: float = 0.5, timeout_s: float = 30.0) -> float:
+    """Wait until the tree uses < `busy_below` of a core over `window_s` (background work after a run, such as
+    a store writer's backlog, finished). Returns the seconds waited; gives up after `timeout_s`."""
+    start = time.monotonic()
+    last = sample(root).cpu_s
+    while time.monotonic() - start < timeout_s:
+        time.sleep(window_s)
+        now = sample(root).cpu_s
+        if now - last < busy_below * window_s:
+            break
+        last = now
+    return time.monotonic() - start

@@ -24,6 +24,7 @@ from rich.progress import Progress  # noqa: E402
 
 from bench.gateway_metrics import scrape, shadow_note, wait_shadow_idle  # noqa: E402
 from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E402
+from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import BENCH_KEY, Target, TargetUnavailable, start_gateway, start_upstream  # noqa: E402
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(task, description=f"warm-up rate {rate:g}")
                 run_wrk(gw.url, body, connections=4, duration_s=1, server_pid=None, load_cpu=args.load_cpu, key=BENCH_KEY)
                 wait_shadow_idle(gw.base_url)
+                wait_quiet(gw.pid)
                 progress.advance(task)
             for rnd in range(args.rounds):
                 for conns in args.connections:

@@ -157,8 +157,16 @@ def gateway_config(port: int, student_url: str, teacher_url: str, store_dir: Pat
     }
 
 
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_rate: float,
-                  name: str = "gateway", timeout_s: float = 120) -> Target:
+                  name: str = "gateway", overrides: dict | None = None, timeout_s: float = 120) -> Target:
+    """`overrides` are merged into the generated config (e.g. to switch one evaluator feature off)."""
     try:
         import gateway.cli  # noqa: F401
     except ImportError as exc:
@@ -167,7 +175,8 @@ def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_r
     store = work / f"{name}-store"
     store.mkdir(parents=True, exist_ok=True)
     cfg = work / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(gateway_config(port, upstream, teacher, store, shadow_rate=shadow_rate)))
+    config = _merge(gateway_config(port, upstream, teacher, store, shadow_rate=shadow_rate), overrides or {})
+    cfg.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "gateway.cli", "--config", str(cfg), "serve", "--port", str(port)]
     env = {**os.environ, "DISTILLGATE_BENCH_KEY": BENCH_KEY}
     proc = ManagedProcess(name, _pinned(cpu, argv), work / f"{name}.log", env=env, cwd=REPO, port=port, grace_s=15).start()
