@@ -203,7 +203,7 @@ class EmbeddingScorer(Scorer):
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(settings.embedding_model)
             self._model = AutoModel.from_pretrained(settings.embedding_model).eval()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ScorerUnavailable(f"cannot load embedding model {settings.embedding_model!r}: {exc}") from None
 
     def _embed(self, texts: list[str]) -> Any:

@@ -49,6 +49,9 @@ pairs = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_pairs_model_time", "model", "created_at"),
 )
+# Retention deletes and "served, not shadow" queries look pairs up by their exchanges.
+Index("ix_pairs_served_id", pairs.c.served_id)
+Index("ix_pairs_shadow_id", pairs.c.shadow_id)
 
 feedback = Table(
     "feedback",

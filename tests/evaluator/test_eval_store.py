@@ -36,6 +36,23 @@ def test_fresh_database_migrates_to_head_matching_schema(store: PairStore) -> No
     store.migrate()  # idempotent
 
 
+def test_upgrade_from_first_revision_keeps_rows(store_url: str, make_exchange) -> None:
+    from alembic import command
+
+    store = PairStore(store_url, StoreSettings(url=store_url, flush_interval_s=0.02))
+    cfg = alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    kept = make_exchange("kept")
+    store.put_exchange(kept)
+    assert store.flush()
+    store.migrate()
+    assert store.exchange_by_request_id("kept") == kept
+    assert "ix_pairs_shadow_id" in {ix["name"] for ix in inspect(store.engine).get_indexes("pairs")}
+    store.close()
+
+
 def test_pair_round_trip_and_queries(store: PairStore, make_exchange) -> None:
     served = make_exchange("r1", token_logprobs=(-0.1, -0.5), top_logprobs=({"billing": -0.1, "bug": -2.0},))
     teacher = make_exchange("r1", route="teacher", version="teacher-x", text_out="refund")
