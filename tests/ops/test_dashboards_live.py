@@ -8,13 +8,22 @@ Prometheus scrapes the gateway every second with the recording rules loaded (ren
 dashboards/render_rules.py with a 1 s evaluation interval), then every panel query is run through
 its HTTP API with the template variables expanded as Grafana would; a query that errors or returns
 no series fails the test.
+
+The same stack also runs the alert path: the rules are rendered with `for: 0s` and thresholds that
+the live values cross, a real Alertmanager runs dashboards/alertmanager.example.yml (the gateway URL
+and token file swapped for a local receiver's), and the retraining alert must arrive with its bearer
+token as a payload the gateway's webhook parser turns into a trigger.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import runpy
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,9 @@ import yaml
 from fakes.gateway_thread import GatewayThread
 from fakes.openai_server import FakeOpenAI
 from gateway.config import parse_config
-from gateway.demo.processes import start_prometheus
+from gateway.demo.processes import start_alertmanager, start_prometheus
+from redistill.settings import TriggerSettings
+from redistill.webhook import parse_alertmanager
 
 from .conftest import DASHBOARDS, PanelQuery, annotation_exprs, panel_queries, substitute
 
@@ -36,6 +47,40 @@ MODEL = "intent"
 ADMIN_KEY = "sk-ops-live-admin-00000000000000"
 LIMITED_KEY = "sk-ops-live-limited-111111111111"
 LIVE_DASHBOARDS = ("gateway.json", "distillation-health.json")
+WEBHOOK_TOKEN = "ops-live-webhook-token"
+
+
+@dataclass
+class Receiver:
+    """Records the webhook posts Alertmanager makes (method, path, headers, JSON body)."""
+
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def serve(self) -> ThreadingHTTPServer:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.posts.append({"path": self.path, "authorization": self.headers.get("authorization"),
+                                       "body": json.loads(body)})
+                receiver.arrived.set()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+@dataclass
+class Live:
+    prom_url: str
+    receiver: Receiver
 
 
 def _sha(key: str) -> str:
@@ -81,28 +126,55 @@ def _config(student: FakeOpenAI, teacher: FakeOpenAI, store: Path) -> Any:
     }, environ={})
 
 
+def _alertmanager_config(work: Path, receiver_url: str) -> Path:
+    """dashboards/alertmanager.example.yml with the gateway URL and token file made local, and no waits."""
+    cfg = yaml.safe_load((DASHBOARDS / "alertmanager.example.yml").read_text())
+    token = work / "webhook-token"
+    token.write_text(WEBHOOK_TOKEN)
+    for r in cfg["receivers"]:
+        for hook in r.get("webhook_configs", []):
+            hook["url"] = hook["url"].replace("http://GATEWAY:8080", receiver_url)
+            hook["http_config"]["authorization"]["credentials_file"] = str(token)
+    for route in [cfg["route"], *cfg["route"]["routes"]]:
+        route.update({"group_wait": "0s", "group_interval": "1s"})
+    path = work / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: dict[str, str]) -> Iterator[str]:
-    """Runs gateway + fakes + Prometheus, sends the traffic; yields Prometheus' base URL."""
+def live(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: dict[str, str]) -> Iterator[Live]:
+    """Runs gateway + fakes + Prometheus + Alertmanager, sends the traffic."""
     work = tmp_path_factory.mktemp("ops-live")
     render = runpy.run_path(str(DASHBOARDS / "render_rules.py"))["render_rules"]
-    rule_files = render(work / "rules", interval="1s")
-    with FakeOpenAI(answers=_student_answer, logprob=lambda p: -3.0 if "unsure" in p else -0.1) as student, \
-            FakeOpenAI(answers=_teacher_answer) as teacher, \
-            GatewayThread(_config(student, teacher, work / "pairs.db")) as gw:
-        prom_cfg = work / "prometheus.yml"
-        prom_cfg.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": "distillgate", "static_configs": [{"targets": [f"127.0.0.1:{gw.port}"]}]}],
-        }))
-        prom = start_prometheus(prom_cfg, workdir=work / "prometheus", binary=prometheus_bin["prometheus"])
-        try:
-            _send_traffic(gw.url, student)
-            _wait_for_scrapes(prom.url, gw.url)
-            yield prom.url
-        finally:
-            prom.stop()
+    # Production rules except: 1 s evaluation, no `for:`, and an agreement threshold above 100 % so
+    # the live lower bound is always under it (the alert must fire on real gauges).
+    rule_files = render(work / "rules", interval="1s", for_all="0s", thresholds={"StudentAgreementLow": 1.01})
+    receiver = Receiver()
+    hook_server = receiver.serve()
+    am = start_alertmanager(_alertmanager_config(work, f"http://127.0.0.1:{hook_server.server_port}"),
+                            workdir=work / "alertmanager", binary=prometheus_bin["prometheus-alertmanager"])
+    try:
+        with FakeOpenAI(answers=_student_answer, logprob=lambda p: -3.0 if "unsure" in p else -0.1) as student, \
+                FakeOpenAI(answers=_teacher_answer) as teacher, \
+                GatewayThread(_config(student, teacher, work / "pairs.db")) as gw:
+            prom_cfg = work / "prometheus.yml"
+            prom_cfg.write_text(yaml.safe_dump({
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(p) for p in rule_files],
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am.port}"]}]}]},
+                "scrape_configs": [{"job_name": "distillgate", "static_configs": [{"targets": [f"127.0.0.1:{gw.port}"]}]}],
+            }))
+            prom = start_prometheus(prom_cfg, workdir=work / "prometheus", binary=prometheus_bin["prometheus"])
+            try:
+                _send_traffic(gw.url, student)
+                _wait_for_scrapes(prom.url, gw.url)
+                yield Live(prom.url, receiver)
+            finally:
+                prom.stop()
+    finally:
+        am.stop()
+        hook_server.shutdown()
 
 
 def _send_traffic(gateway_url: str, student: FakeOpenAI) -> None:
@@ -175,28 +247,55 @@ def _check(prom_url: str, queries: list[PanelQuery], model: str) -> list[str]:
 
 @pytest.mark.parametrize("dashboard", LIVE_DASHBOARDS)
 @pytest.mark.parametrize("model", [".*", MODEL])
-def test_every_panel_query_returns_series(live: str, dashboard: str, model: str) -> None:
+def test_every_panel_query_returns_series(live: Live, dashboard: str, model: str) -> None:
     queries = [q for q in panel_queries() if q.dashboard == dashboard]
     assert queries
-    empty = _check(live, queries, model)
+    empty = _check(live.prom_url, queries, model)
     assert not empty, "panel queries with no series:\n" + "\n".join(empty)
 
 
-def test_model_variable_filters(live: str) -> None:
+def test_model_variable_filters(live: Live) -> None:
     """The same queries with an unknown model return nothing: the filter is applied, not ignored."""
     queries = [q for q in panel_queries() if q.dashboard in LIVE_DASHBOARDS and '$model"' in q.expr]
-    empty = _check(live, queries, "no-such-model")
+    empty = _check(live.prom_url, queries, "no-such-model")
     assert len(empty) == len(queries)
 
 
-def test_model_variable_query_lists_the_model(live: str) -> None:
-    r = httpx.get(f"{live}/api/v1/label/model/values", params={"match[]": "distillgate_requests_total"}, timeout=10)
+def test_model_variable_query_lists_the_model(live: Live) -> None:
+    r = httpx.get(f"{live.prom_url}/api/v1/label/model/values", params={"match[]": "distillgate_requests_total"}, timeout=10)
     assert MODEL in r.json()["data"]
 
 
-def test_redistill_dashboard_and_annotation_queries_execute(live: str) -> None:
+def test_redistill_dashboard_and_annotation_queries_execute(live: Live) -> None:
     """Runs without error on live data (series appear once re-distillation has run; see the e2e test)."""
     for q in [q for q in panel_queries() if q.dashboard == "redistill.json"]:
-        _query(live, substitute(q.expr, model=MODEL, rate_interval="15s", range_="5m"), instant=q.instant)
+        _query(live.prom_url, substitute(q.expr, model=MODEL, rate_interval="15s", range_="5m"), instant=q.instant)
     for _, expr in annotation_exprs():
-        _query(live, substitute(expr, model=MODEL, rate_interval="15s", range_="5m"), instant=False)
+        _query(live.prom_url, substitute(expr, model=MODEL, rate_interval="15s", range_="5m"), instant=False)
+
+
+def test_retraining_alert_reaches_the_webhook_with_its_bearer_token(live: Live) -> None:
+    """Prometheus fires StudentAgreementLow on the live agreement gauges; Alertmanager routes it."""
+    deadline = time.monotonic() + 60
+    hits: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not hits:
+        live.receiver.arrived.wait(1)
+        hits = [p for p in list(live.receiver.posts)
+                if any(a["labels"].get("alertname") == "StudentAgreementLow" for a in p["body"]["alerts"])]
+    assert hits, f"no StudentAgreementLow webhook within 60 s; got {[p['body'].get('groupLabels') for p in live.receiver.posts]}"
+    post = hits[0]
+    assert post["path"] == "/v1/distillgate/alerts"
+    assert post["authorization"] == f"Bearer {WEBHOOK_TOKEN}"
+    body = post["body"]
+    assert body["version"] == "4" and body["receiver"] == "distillgate-redistill"
+    alert = next(a for a in body["alerts"] if a["labels"]["alertname"] == "StudentAgreementLow")
+    assert alert["labels"]["model"] == MODEL and alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"].endswith("#studentagreementlow")
+    assert 0.0 <= float(alert["annotations"]["value"]) <= 1.0
+    # The gateway's own parser turns it into a re-distillation trigger for the model.
+    triggers = parse_alertmanager(body, TriggerSettings().alert_names, now=time.time())
+    assert [t.model for t in triggers] == [MODEL]
+    assert triggers[0].metrics["value"] == pytest.approx(float(alert["annotations"]["value"]))
+    # Only the retraining alerts go to the webhook.
+    names = {a["labels"]["alertname"] for p in live.receiver.posts for a in p["body"]["alerts"]}
+    assert names <= set(TriggerSettings().alert_names)
