@@ -28,6 +28,7 @@ from grafana_foundation_sdk.builders import timeseries as ts_b
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dash
+from grafana_foundation_sdk.models import prometheus
 
 OUT_DIR = Path(__file__).resolve().parent
 CHART_FILES = OUT_DIR.parent / "helm" / "distillgate" / "files"
@@ -47,6 +48,7 @@ class Q:
     expr: str
     legend: str = ""
     instant: bool = False
+    table: bool = False  # one row per series, labels as columns
 
 
 @dataclass
@@ -84,6 +86,8 @@ def _targets(queries: tuple[Q, ...]) -> list[prom_b.Dataquery]:
     for i, q in enumerate(queries):
         t = prom_b.Dataquery().expr(q.expr).ref_id(chr(ord("A") + i)).datasource(DS)
         t = t.legend_format(q.legend or "__auto")
+        if q.table:
+            t = t.format(prometheus.PromQueryFormat.TABLE)
         out.append(t.instant() if q.instant else t.range())
     return out
 
@@ -319,7 +323,7 @@ def redistill() -> dict:
                  "Rolled back: {{model}}", "{{model}} was rolled back to its previous version")
     b.row("Versions")
     b.table("Active versions",
-            Q(f"max by (model, version, status) (distillgate_model_version_info{{{M}}}) == 1", "{{model}} {{version}} {{status}}", instant=True),
+            Q(f"max by (model, version, status) (distillgate_model_version_info{{{M}}}) == 1", "{{model}} {{version}} {{status}}", instant=True, table=True),
             description="Live and canary versions per model (from the registry).")
     b.timeseries("Promotions by stage", "short",
                  Q(f"sum by (model, status) (increase(distillgate_promotions_total{{{M}}}[{RATE}]))", "{{model}} {{status}}"),
