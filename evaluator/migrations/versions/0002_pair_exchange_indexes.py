@@ -6,7 +6,6 @@ Create Date: 2026-11-25 14:56:53.570024
 """
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 
