@@ -2,6 +2,13 @@
 
 The OpenAI hot routes are raw ASGI handlers dispatched by a tiny middleware in front of FastAPI's
 routing; everything else (/v1/models, health, metrics, control endpoints) is ordinary FastAPI.
+
+app.state (what other packages' routers may read): config (DistillgateConfig), upstreams (name ->
+Upstream), routers (model -> ModelRouter), auth (Authenticator: `authenticate(request) -> KeyInfo`,
+raises gateway.errors.AuthenticationError), limiter, evaluator (Evaluator | None, set at start-up),
+registry (redistill Registry | None, set at start-up), poller (RegistryPoller), metrics (GatewayMetrics),
+metrics_registry (CollectorRegistry), proxy (Proxy), call_other (ShadowCaller), tracing (Tracing | None),
+redistill (whatever the caller passed as `redistill=`, else None).
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ Behaviour (attributes, change them while it runs):
   fail_next          the next N requests behave as `fail_mode` (default "fail"), then `mode` again
   delay_s            wait before answering (slow upstream; also before stream headers)
   stream_delay_s     wait between SSE chunks
+  stream_cut_after   drop the connection after this many SSE chunks (a mid-stream failure)
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
 `stream_disconnects` is incremented and the `stream_closed` event is set.
@@ -66,6 +67,7 @@ class FakeOpenAI:
         self.stream_delay_s = stream_delay_s
         self.mode = mode
         self.status = status
+        self.stream_cut_after: int | None = None
         self.fail_next = 0
         self.fail_mode = "fail"
         self.requests: list[dict[str, Any]] = []
@@ -242,7 +244,10 @@ class FakeOpenAI:
         if isinstance(opts, dict) and opts.get("include_usage"):
             chunks = chunks + [{**base, "object": obj, "choices": [], "usage": usage}]
         try:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                if self.stream_cut_after is not None and i == self.stream_cut_after:
+                    request.transport.abort()
+                    return resp
                 await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 if self.stream_delay_s:
                     await asyncio.sleep(self.stream_delay_s)

@@ -71,3 +71,16 @@ def test_stream_upstream_4xx_is_a_plain_error(make_config, student):
         student.mode, student.status = "status", 400
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)
         assert r.status_code == 400 and r.json()["error"]["message"] == "fake upstream says 400"
+
+
+def test_mid_stream_upstream_failure_is_reported_in_band(make_config, student):
+    student.answer = "a b c d e f"
+    student.stream_cut_after = 2
+    with GatewayThread(make_config(), evaluator=False) as g:
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            assert r.status_code == 200
+            raw = b"".join(r.iter_raw())
+        events = [e for e in raw.split(b"\n\n") if e]
+        assert len(events) == 3 and b'"error"' in events[-1] and b"[DONE]" not in raw
+        text = httpx.get(g.url + "/metrics").text
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="502") == 1

@@ -1,0 +1,131 @@
+"""The small policy objects alone, with injected clocks (no sleeping): breaker, retry budget, rate
+limiter, routing policies, cascade checks, SSE assembly."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth import Authenticator, KeyInfo, bearer_token, hash_key
+from gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from gateway.cascade import CascadePolicy
+from gateway.config import AuthSettings, BreakerSettings, CascadeSettings, RateLimit
+from gateway.errors import AuthenticationError, RateLimited
+from gateway.exchange import parse_response, parse_sse
+from gateway.ratelimit import RateLimiter
+from gateway.retry_budget import RetryBudget
+from gateway.routing import CanarySplit, StickyPolicy, unit_hash
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_cycle_and_failed_probe_reopens():
+    clock, states = Clock(), []
+    b = CircuitBreaker(BreakerSettings(failure_threshold=2, open_s=5, half_open_max=1), states.append, clock)
+    b.record_failure()
+    assert b.state == CLOSED
+    b.record_success()  # success resets the consecutive count
+    b.record_failure()
+    b.record_failure()
+    assert b.state == OPEN and not b.allow()
+    clock.t += 5
+    assert b.allow() and b.state == HALF_OPEN
+    assert not b.allow()  # only half_open_max probes
+    b.record_failure()
+    assert b.state == OPEN
+    clock.t += 5
+    assert b.allow()
+    b.record_success()
+    assert b.state == CLOSED and b.allow()
+    assert states == [CLOSED, OPEN, HALF_OPEN, OPEN, HALF_OPEN, CLOSED]
+
+
+def test_retry_budget_reserve_and_ratio():
+    budget = RetryBudget(ratio=0.5, reserve=1.0)
+    assert budget.try_spend() and not budget.try_spend()
+    budget.on_request()
+    assert not budget.try_spend()
+    budget.on_request()
+    assert budget.try_spend()
+
+
+def test_rate_limiter_refills_over_time():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    key = KeyInfo("k", frozenset({"*"}), rate_limit=RateLimit(requests_per_minute=2, tokens_per_minute=100))
+    limiter.admit(key)
+    limiter.admit(key)
+    with pytest.raises(RateLimited) as exc:
+        limiter.admit(key)
+    assert exc.value.retry_after_s == pytest.approx(30.0)
+    clock.t += 30
+    limiter.admit(key)
+    limiter.spend_tokens(key, 150)  # over budget: the next request waits for the deficit to refill
+    clock.t += 20  # refilled 33 of the 50-token deficit
+    with pytest.raises(RateLimited) as exc:
+        limiter.admit(key)
+    assert "tokens" in exc.value.message
+    clock.t += 40
+    limiter.admit(key)
+
+
+def test_auth_digest_env_and_bearer(monkeypatch):
+    monkeypatch.setenv("K2", "second-key")
+    auth = Authenticator(AuthSettings(keys=[
+        {"name": "a", "sha256": hash_key("first-key").upper(), "models": ["m"]},
+        {"name": "b", "env": "K2"},
+        {"name": "c", "env": "UNSET_ENV_VAR_FOR_TEST"},
+    ]))
+    assert auth.authenticate_header("Bearer first-key").name == "a"
+    assert auth.authenticate_header("bearer second-key").name == "b"
+    assert auth.authenticate_header(None, "second-key").name == "b"  # Azure-style api-key header
+    for bad in (None, "Bearer ", "Bearer nope", "Token first-key"):
+        with pytest.raises(AuthenticationError):
+            auth.authenticate_header(bad)
+    assert bearer_token("Bearer  x ") == "x"
+    assert Authenticator(AuthSettings(mode="none")).authenticate_header(None).name == "anonymous"
+
+
+def test_sticky_and_canary_policies():
+    sticky = StickyPolicy("X-User", "user")
+    assert sticky.unit({"x-user": "u1"}, {}) == unit_hash("u1") == sticky.unit({}, {"user": "u1"})
+    assert sticky.unit({}, {"user": 7}) is None
+
+    class V:
+        def __init__(self, id):
+            self.id = id
+
+    class Active:
+        live, canary, canary_percent = V("v1"), V("v2"), 25.0
+
+    split = CanarySplit()
+    assert split.pick(None, 0.1) == "base"
+    assert split.pick(Active, 0.2) == "v2" and split.pick(Active, 0.3) == "v1"
+
+
+def _chat_doc(logprobs):
+    return {"choices": [{"message": {"content": "x"}, "finish_reason": "stop",
+                         "logprobs": {"content": [{"token": "x", "logprob": lp, "top_logprobs": []} for lp in logprobs]}}]}
+
+
+def test_cascade_thresholds():
+    policy = CascadePolicy(CascadeSettings(enabled=True, min_mean_logprob=-1.0, min_token_logprob=-4.0))
+    assert not policy.check(parse_response(_chat_doc([-0.5, -0.5]))).escalate
+    assert policy.check(parse_response(_chat_doc([-2.0, -0.5]))).reason == "low_mean_logprob"
+    assert policy.check(parse_response(_chat_doc([-5.0, 0.0, 0.0, 0.0, 0.0, 0.0]))).reason == "low_token_logprob"
+    assert policy.check(parse_response({"choices": [{"message": {"content": "x"}}]})).reason == "no_logprobs"
+    assert policy.student_payload({"prompt": "p"}, "completions")["logprobs"] == 0
+    assert policy.student_payload({"messages": []}, "chat")["logprobs"] is True
+
+
+def test_parse_sse_split_across_reads():
+    stream = (b'data: {"choices":[{"index":0,"delta":{"content":"he"}}]}\n\ndata: {"choices":[{"index":0,"del'
+              b'ta":{"content":"llo"},"finish_reason":"stop"}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":2,'
+              b'"completion_tokens":2}}\n\ndata: [DONE]\n\n')
+    chunks = [stream[i:i + 17] for i in range(0, len(stream), 17)]
+    answer = parse_sse(chunks)
+    assert (answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens) == ("hello", "stop", 2, 2)
