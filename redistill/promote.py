@@ -164,6 +164,10 @@ class PromotionController:
         await self._run_unloads()
         return changes
 
+    async def tick_unloads(self) -> None:
+        """Unload adapters whose grace period is over (tick() does this too)."""
+        await self._run_unloads()
+
     async def run(self) -> None:
         while not self._stopping.is_set():
             await self.tick()

@@ -90,6 +90,10 @@ class RunnerSettings(_Strict):
 
 class RedistillSettings(_Strict):
     workdir: str = ".distillgate/redistill"
+    base_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="logical model -> the student's base weights dir (what vLLM serves); training and the gate load it",
+    )
     trigger: TriggerSettings = TriggerSettings()
     dataset: DatasetSettings = DatasetSettings()
     train: TrainSettings = TrainSettings()
