@@ -1,9 +1,11 @@
 """Shared inputs of the ops tests: the rule files, the dashboards' queries, and where they live."""
 from __future__ import annotations
 
+import importlib.util
 import json
-from dataclasses import dataclass
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,16 +19,19 @@ ALERTS = ("StudentAgreementLow", "InputDriftHigh", "OutputDriftHigh", "ShadowQue
           "StudentErrorRateHigh", "GatewayOverheadHigh", "RedistillJobFailed")
 
 
-@dataclass(frozen=True)
-class PanelQuery:
-    dashboard: str
-    panel: str
-    ref_id: str
-    expr: str
-    instant: bool
+def _load_script(name: str) -> ModuleType:
+    """A dashboards/ script as a module (dashboards/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"distillgate_dashboards_{name}", DASHBOARDS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
-    def __str__(self) -> str:
-        return f"{self.dashboard} / {self.panel} / {self.ref_id}"
+
+check_queries = _load_script("check_queries")
+PanelQuery = check_queries.PanelQuery
+substitute = check_queries.substitute
 
 
 def load_dashboard(name: str) -> dict[str, Any]:
@@ -45,12 +50,7 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def panel_queries() -> list[PanelQuery]:
-    out = []
-    for name in DASHBOARD_FILES:
-        for p in panels(load_dashboard(name)):
-            for t in p.get("targets", []):
-                out.append(PanelQuery(name, p["title"], t.get("refId", ""), t.get("expr", ""), bool(t.get("instant"))))
-    return out
+    return check_queries.panel_queries(DASHBOARD_FILES, DASHBOARDS)
 
 
 def annotation_exprs() -> list[tuple[str, str]]:
@@ -74,11 +74,3 @@ def rules() -> list[dict[str, Any]]:
 def all_panel_queries() -> list[PanelQuery]:
     return panel_queries()
 
-
-def substitute(expr: str, *, model: str = ".*", rate_interval: str = "1m", range_: str = "10m") -> str:
-    """Expand the Grafana template variables our dashboards use, as Grafana would before querying."""
-    for var, value in (("$__rate_interval", rate_interval), ("$__range", range_), ("$__interval", rate_interval),
-                       ("${model}", model), ("$model", model)):
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unexpanded template variable in {expr!r}"
-    return expr

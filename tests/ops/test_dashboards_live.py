@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import runpy
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from gateway.demo.processes import start_alertmanager, start_prometheus
 from redistill.settings import TriggerSettings
 from redistill.webhook import parse_alertmanager
 
-from .conftest import DASHBOARDS, PanelQuery, annotation_exprs, panel_queries, substitute
+from .conftest import DASHBOARDS, _load_script, annotation_exprs, check_queries, panel_queries, substitute
 
 pytestmark = pytest.mark.prometheus
 
@@ -146,7 +147,7 @@ def _alertmanager_config(work: Path, receiver_url: str) -> Path:
 def live(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: dict[str, str]) -> Iterator[Live]:
     """Runs gateway + fakes + Prometheus + Alertmanager, sends the traffic."""
     work = tmp_path_factory.mktemp("ops-live")
-    render = runpy.run_path(str(DASHBOARDS / "render_rules.py"))["render_rules"]
+    render = _load_script("render_rules").render_rules
     # Production rules except: 1 s evaluation, no `for:`, and an agreement threshold above 100 % so
     # the live lower bound is always under it (the alert must fire on real gauges).
     rule_files = render(work / "rules", interval="1s", for_all="0s", thresholds={"StudentAgreementLow": 1.01})
@@ -210,16 +211,8 @@ def _send_traffic(gateway_url: str, student: FakeOpenAI) -> None:
     assert 429 in statuses
 
 
-def _query(prom_url: str, expr: str, *, instant: bool) -> dict[str, Any]:
-    now = time.time()
-    if instant:
-        r = httpx.get(f"{prom_url}/api/v1/query", params={"query": expr, "time": now}, timeout=10)
-    else:
-        r = httpx.get(f"{prom_url}/api/v1/query_range",
-                      params={"query": expr, "start": now - 60, "end": now, "step": "1s"}, timeout=10)
-    body = r.json()
-    assert r.status_code == 200 and body["status"] == "success", f"{expr}: {r.status_code} {body}"
-    return body["data"]
+def _query(prom_url: str, expr: str, *, instant: bool) -> list[dict[str, Any]]:
+    return check_queries.query(prom_url, expr, instant=instant)
 
 
 def _wait_for_scrapes(prom_url: str, gateway_url: str) -> None:
@@ -227,8 +220,8 @@ def _wait_for_scrapes(prom_url: str, gateway_url: str) -> None:
     want = httpx.get(gateway_url + "/metrics", timeout=5).text.count("distillgate_requests_total{")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        series = _query(prom_url, "distillgate_requests_total", instant=True)["result"]
-        rules = _query(prom_url, "model_route:distillgate_requests:rate5m", instant=True)["result"]
+        series = _query(prom_url, "distillgate_requests_total", instant=True)
+        rules = _query(prom_url, "model_route:distillgate_requests:rate5m", instant=True)
         if len(series) >= want and rules:
             time.sleep(3)  # a few more scrapes and evaluations: rates need two samples
             return
@@ -236,13 +229,9 @@ def _wait_for_scrapes(prom_url: str, gateway_url: str) -> None:
     pytest.fail(f"Prometheus never scraped the gateway's {want} request series")
 
 
-def _check(prom_url: str, queries: list[PanelQuery], model: str) -> list[str]:
-    empty = []
-    for q in queries:
-        data = _query(prom_url, substitute(q.expr, model=model, rate_interval="15s", range_="5m"), instant=q.instant)
-        if not data["result"]:
-            empty.append(f"{q}: {q.expr}")
-    return empty
+def _check(prom_url: str, queries: list[Any], model: str) -> list[str]:
+    empty = check_queries.check(prom_url, queries, model=model, rate_interval="15s", range_="5m")
+    return [f"{q}: {q.expr}" for q in empty]
 
 
 @pytest.mark.parametrize("dashboard", LIVE_DASHBOARDS)
@@ -299,3 +288,19 @@ def test_retraining_alert_reaches_the_webhook_with_its_bearer_token(live: Live) 
     # Only the retraining alerts go to the webhook.
     names = {a["labels"]["alertname"] for p in live.receiver.posts for a in p["body"]["alerts"]}
     assert names <= set(TriggerSettings().alert_names)
+
+
+def test_check_queries_cli(live: Live) -> None:
+    """The operator's smoke check: exit 0 with data, 1 listing empty panels, 2 when Prometheus is unreachable."""
+    script = str(DASHBOARDS / "check_queries.py")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
+
+    ok = run("--prometheus", live.prom_url, "--dashboard", "gateway.json", "--model", MODEL)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    empty = run("--prometheus", live.prom_url, "--dashboard", "gateway.json", "--model", "no-such-model")
+    assert empty.returncode == 1
+    assert "no series: gateway.json / Requests by route / A" in empty.stdout
+    down = run("--prometheus", "http://127.0.0.1:9", "--dashboard", "gateway.json")
+    assert down.returncode == 2 and "cannot reach" in down.stderr
