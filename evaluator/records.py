@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROUTES = ("student", "teacher", "fallback", "cascade")
+# Routes whose answer the teacher generated: fallback (the student failed) and cascade (escalated).
+TEACHER_ROUTES = frozenset({"teacher", "fallback", "cascade"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,11 @@ class ShadowPair:
 
     @property
     def student(self) -> ExchangeRecord:
-        return self.shadow if self.served.route == "teacher" else self.served
+        return self.shadow if self.served.route in TEACHER_ROUTES else self.served
 
     @property
     def teacher(self) -> ExchangeRecord:
-        return self.served if self.served.route == "teacher" else self.shadow
+        return self.served if self.served.route in TEACHER_ROUTES else self.shadow
 
 
 @dataclass(frozen=True, slots=True)

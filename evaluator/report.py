@@ -13,10 +13,10 @@ from typing import Any
 from evaluator.agreement import wilson_interval
 from evaluator.drift import DriftDetector, Observation
 from evaluator.features import mean_logprob
-from evaluator.records import ExchangeRecord, Feedback, ShadowPair
+from evaluator.records import TEACHER_ROUTES, ExchangeRecord, Feedback, ShadowPair
 from evaluator.scorers import LabelScorer, Scorer, build_scorer, request_text
 from evaluator.settings import EvaluatorSettings, ModelEvalSettings, ScorerSettings
-from evaluator.spend import TEACHER_ROUTES, student_cost, teacher_cost, tokens
+from evaluator.spend import student_cost, teacher_cost, tokens
 from evaluator.store import PairStore
 from evaluator.textnorm import normalize
 

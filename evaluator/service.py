@@ -15,11 +15,11 @@ from evaluator.agreement import ALL, AgreementSnapshot, RollingAgreement
 from evaluator.drift import DriftMonitor, DriftSnapshot, Observation
 from evaluator.features import mean_logprob
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import ExchangeRecord, Feedback, ShadowPair
+from evaluator.records import TEACHER_ROUTES, ExchangeRecord, Feedback, ShadowPair
 from evaluator.scorers import JudgeCall, LabelScorer, Scorer, build_scorer, request_text
 from evaluator.settings import EvaluatorSettings, ModelEvalSettings
 from evaluator.shadow import Decision, Sampler, ShadowQueue
-from evaluator.spend import TEACHER_ROUTES, SpendTracker
+from evaluator.spend import SpendTracker
 from evaluator.store import PairStore
 
 log = logging.getLogger(__name__)

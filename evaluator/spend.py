@@ -6,11 +6,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import ExchangeRecord
+from evaluator.records import TEACHER_ROUTES, ExchangeRecord
 from evaluator.settings import ModelEvalSettings, PriceSettings
 
-# Routes whose answer the teacher generated (fallback and cascade escalate to the teacher).
-TEACHER_ROUTES = frozenset({"teacher", "fallback", "cascade"})
 HOUR_S = 3600.0
 
 
