@@ -41,14 +41,21 @@ class PanelQuery:
         return f"{self.dashboard} / {self.panel} / {self.ref_id}"
 
 
+def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every non-row panel of a dashboard, including those inside collapsed rows."""
+    out: list[dict[str, Any]] = []
+    for p in board["panels"]:
+        if p["type"] == "row":
+            out.extend(p.get("panels", []))
+        else:
+            out.append(p)
+    return out
+
+
 def panel_queries(dashboards: tuple[str, ...] = DASHBOARD_FILES, directory: Path = HERE) -> list[PanelQuery]:
     out = []
     for name in dashboards:
-        board = json.loads((directory / name).read_text())
-        panels = []
-        for p in board["panels"]:
-            panels.extend(p.get("panels", [])) if p["type"] == "row" else panels.append(p)
-        for p in panels:
+        for p in panels(json.loads((directory / name).read_text())):
             for t in p.get("targets", []):
                 out.append(PanelQuery(name, p["title"], t.get("refId", ""), t.get("expr", ""), bool(t.get("instant"))))
     return out

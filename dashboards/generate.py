@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +59,6 @@ class Grid:
     y: int = 0
     row_h: int = 0
     next_id: int = 1
-    placed: list = field(default_factory=list)
 
     def place(self, w: int, h: int) -> tuple[dash.GridPos, int]:
         if self.x + w > 24:

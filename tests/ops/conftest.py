@@ -8,7 +8,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,15 +37,7 @@ def load_dashboard(name: str) -> dict[str, Any]:
     return json.loads((DASHBOARDS / name).read_text())
 
 
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every non-row panel, including those nested in collapsed rows."""
-    out = []
-    for p in dashboard["panels"]:
-        if p["type"] == "row":
-            out.extend(p.get("panels", []))
-        else:
-            out.append(p)
-    return out
+panels = check_queries.panels
 
 
 def panel_queries() -> list[PanelQuery]:
@@ -68,9 +59,4 @@ def rule_docs() -> dict[str, dict[str, Any]]:
 
 def rules() -> list[dict[str, Any]]:
     return [r for doc in rule_docs().values() for g in doc["groups"] for r in g["rules"]]
-
-
-@pytest.fixture(scope="session")
-def all_panel_queries() -> list[PanelQuery]:
-    return panel_queries()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import DASHBOARD_FILES, DASHBOARDS, PanelQuery, annotation_exprs, load_dashboard, panels, substitute
+from .conftest import DASHBOARD_FILES, DASHBOARDS, annotation_exprs, load_dashboard, panel_queries, panels, substitute
 
 # Metrics with no `model` label: their panels cannot filter on the model variable.
 UNLABELLED = ("distillgate_shadow_queue_depth", "distillgate_store_queue_depth")
@@ -67,7 +67,7 @@ def test_panels_have_units_refids_and_the_model_filter(name: str) -> None:
 
 def test_dashboards_cover_what_operators_need() -> None:
     def used(name: str) -> str:
-        return " ".join(q.expr for q in _queries() if q.dashboard == name)
+        return " ".join(q.expr for q in panel_queries() if q.dashboard == name)
 
     gateway = used("gateway.json")
     for metric in ("distillgate_requests", "overhead_seconds", "request_duration_seconds", "distillgate_ttft_seconds",
@@ -88,15 +88,9 @@ def test_dashboards_cover_what_operators_need() -> None:
     assert names == {"annotation Promotions", "annotation Rollbacks"}
 
 
-def _queries() -> list[PanelQuery]:
-    from .conftest import panel_queries
-
-    return panel_queries()
-
-
 def test_every_query_is_valid_promql(tmp_path: Path, prometheus_bin: dict[str, str]) -> None:
     """promtool parses each query (variables expanded) as a recording rule: syntax and types are checked."""
-    exprs = [(str(q), substitute(q.expr)) for q in _queries()] + [(n, substitute(e)) for n, e in annotation_exprs()]
+    exprs = [(str(q), substitute(q.expr)) for q in panel_queries()] + [(n, substitute(e)) for n, e in annotation_exprs()]
     rules = [{"record": f"dashboard:query_{i}:check", "expr": e} for i, (_, e) in enumerate(exprs)]
     path = tmp_path / "queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
