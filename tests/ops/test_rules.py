@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ALERTS, DASHBOARDS, ROOT, RULES, rule_docs, rules
+from .conftest import ALERTS, DASHBOARDS, RULES, rules
 
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool" / "alerts_test.yaml"
 RENDER = DASHBOARDS / "render_rules.py"
