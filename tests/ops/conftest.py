@@ -18,7 +18,7 @@ ALERTS = ("StudentAgreementLow", "InputDriftHigh", "OutputDriftHigh", "ShadowQue
           "StudentErrorRateHigh", "GatewayOverheadHigh", "RedistillJobFailed")
 
 
-def _load_script(name: str) -> ModuleType:
+def load_script(name: str) -> ModuleType:
     """A dashboards/ script as a module (dashboards/ is a folder of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"distillgate_dashboards_{name}", DASHBOARDS / f"{name}.py")
     assert spec is not None and spec.loader is not None
@@ -28,7 +28,7 @@ def _load_script(name: str) -> ModuleType:
     return module
 
 
-check_queries = _load_script("check_queries")
+check_queries = load_script("check_queries")
 PanelQuery = check_queries.PanelQuery
 substitute = check_queries.substitute
 

@@ -40,7 +40,7 @@ from gateway.demo.processes import start_alertmanager, start_prometheus
 from redistill.settings import TriggerSettings
 from redistill.webhook import parse_alertmanager
 
-from .conftest import DASHBOARDS, _load_script, annotation_exprs, check_queries, panel_queries, substitute
+from .conftest import DASHBOARDS, load_script, annotation_exprs, check_queries, panel_queries, substitute
 
 pytestmark = pytest.mark.prometheus
 
@@ -147,7 +147,7 @@ def _alertmanager_config(work: Path, receiver_url: str) -> Path:
 def live(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: dict[str, str]) -> Iterator[Live]:
     """Runs gateway + fakes + Prometheus + Alertmanager, sends the traffic."""
     work = tmp_path_factory.mktemp("ops-live")
-    render = _load_script("render_rules").render_rules
+    render = load_script("render_rules").render_rules
     # Production rules except: 1 s evaluation, no `for:`, and an agreement threshold above 100 % so
     # the live lower bound is always under it (the alert must fire on real gauges).
     rule_files = render(work / "rules", interval="1s", for_all="0s", thresholds={"StudentAgreementLow": 1.01})
