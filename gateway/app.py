@@ -75,7 +75,9 @@ def _build_evaluator(evaluator: Any, config: DistillgateConfig, call_other: Shad
     try:
         service = importlib.import_module("evaluator.service")
     except ImportError as exc:
-        log.warning("evaluator.service not importable (%s): serving without shadow evaluation", exc)
+        if exc.name != "evaluator.service":
+            raise  # present but broken: fail at start-up rather than silently serve unevaluated
+        log.warning("evaluator.service not installed: serving without shadow evaluation")
         return None
     return service.Evaluator(config.evaluator, config.models, call_other, registry=registry)
 

@@ -281,8 +281,10 @@ class Proxy:
         try:
             if answer is None:
                 answer = parse_response(doc) if doc is not None else ParsedAnswer()
+            # An escalated answer is the teacher's: the record says "cascade" (a teacher route for the evaluator).
             record = build_record(
-                request_id=rid, model=model, route=route, version=outcome.decision.version, endpoint=endpoint,
+                request_id=rid, model=model, route="cascade" if outcome.escalated else route,
+                version=outcome.decision.version, endpoint=endpoint,
                 request=payload, answer=answer, status=200, latency_s=total, ttft_s=ttft_s,
                 slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
             )

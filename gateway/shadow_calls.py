@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from evaluator.records import ExchangeRecord
+from evaluator.records import TEACHER_ROUTES, ExchangeRecord
 from gateway.errors import UpstreamBadResponse
 from gateway.exchange import build_record, parse_response
 
@@ -28,10 +28,10 @@ class ShadowCaller:
     async def __call__(self, served: ExchangeRecord) -> ExchangeRecord:
         p = self.proxy
         remembered = p.escalated_students.pop(served.request_id, None)
-        if remembered is not None and served.route == "teacher":
+        if remembered is not None and served.route in TEACHER_ROUTES:
             return remembered  # cascade already asked the student for this very request
         router = p.routers[served.model]
-        if served.route == "teacher":
+        if served.route in TEACHER_ROUTES:
             # A version in the registry's shadow stage gets the shadow traffic; else live/canary as served.
             active = p.poller.active(served.model)
             candidate = getattr(active, "shadow", None) if active is not None else None

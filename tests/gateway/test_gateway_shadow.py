@@ -137,7 +137,7 @@ def test_escalation_is_offered_with_confidence_and_reuses_the_student_answer(mak
         httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
         _wait(lambda: len(ev.shadows) == 1)
         served, meta = ev.offered[0]
-        assert served.route == "teacher" and meta["escalated"] is True and meta["confidence"] == -3.0
+        assert served.route == "cascade" and meta["escalated"] is True and meta["confidence"] == -3.0
         assert ev.shadows[0].route == "student" and ev.shadows[0].response_text == "student says hi"
         assert len(student.requests) == 1  # the shadow did not ask the student a second time
 
@@ -211,3 +211,16 @@ def test_real_evaluator_scores_a_known_disagreement_fraction(make_config, studen
         text = httpx.get(g.url + "/metrics").text
         assert metric_value(text, "distillgate_pairs_total", model="support", version="base", slice="default", status="disagree") == 3
         assert g.app.state.registry is not None  # built on the evaluator store's engine
+
+
+def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config, student):
+    g, box = _gateway(make_config(routing={"retries": {"max_attempts": 1}}))
+    with g:
+        ev = box["ev"]
+        student.fail_next = 1
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+        assert r.headers["x-distillgate-route"] == "fallback"
+        _wait(lambda: len(ev.shadows) == 1)
+        served = ev.offered[0][0]
+        assert (served.route, served.version, served.response_text) == ("fallback", "teacher-served", "teacher says hi")
+        assert (ev.shadows[0].route, ev.shadows[0].response_text) == ("student", "student says hi")
