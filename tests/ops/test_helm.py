@@ -373,3 +373,23 @@ def test_runbook_base_url_rewrites_alert_annotations() -> None:
     urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert urls["StudentAgreementLow"] == base + "#studentagreementlow"
     assert all(u.startswith(base + "#") for u in urls.values())
+
+
+def test_runner_builds_a_valid_job_from_the_chart_template() -> None:
+    """The kubernetes runner's own job_manifest() on the chart's template: a valid Job in the namespace."""
+    from redistill.runners import JobSpec, job_manifest
+
+    config = parse_config(_config(_docs(_render(PROD_VALUES))), environ={})
+    settings = config.redistill.runner.kubernetes
+    assert config.redistill.runner.kind == "kubernetes" and settings.namespace == NAMESPACE
+    job = job_manifest(settings, JobSpec(job_id="abc123", model="support-intent", config_path=None))
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+    assert job["metadata"]["namespace"] == NAMESPACE
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["distillgate"]
+    assert container["args"][:3] == ["redistill-job", "--model", "support-intent"]
+    # The job's CLI finds the mounted config through DISTILLGATE_CONFIG (the CLI's --config default).
+    assert {"name": "DISTILLGATE_CONFIG", "value": "/etc/distillgate/config.yaml"} in container["env"]
+    assert {"name": "config", "mountPath": "/etc/distillgate", "readOnly": True} in container["volumeMounts"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
