@@ -7,7 +7,6 @@ after the client has its answer.
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ def _setup(env: DemoEnv, console: Console) -> None:
 
 def run_demo(args: argparse.Namespace, config: Any = None) -> int:
     console = Console()
+    for noisy in ("httpx", "openai", "alembic", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = settings_from_args(args)
     settings.progress = console.is_terminal
     try:

@@ -33,6 +33,7 @@ class GatewayPlan:
     teacher_model: str
     store_url: str
     workdir: Path
+    base_model_dir: Path  # the weights vLLM serves: re-distillation trains LoRA on top of them
     shadow_rate: float = 0.5
     agreement_threshold: float = 0.8
     agreement_window: int = 60
@@ -73,6 +74,7 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
         },
         "redistill": {
             "workdir": str(plan.workdir / "redistill"),
+            "base_models": {LOGICAL_MODEL: str(plan.base_model_dir)},
             "trigger": {
                 "webhook_token_env": WEBHOOK_TOKEN_ENV,
                 "alert_names": list(REDISTILL_ALERTS),

@@ -84,16 +84,17 @@ class Observer:
             return ()
         return tuple(sorted({a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"}))
 
-    async def versions(self) -> tuple[bool, tuple[dict[str, Any], ...]]:
+    async def versions(self) -> tuple[bool, str | None, tuple[dict[str, Any], ...]]:
+        """(control API answered, live version id or None, every version)."""
         try:
             resp = await self.client.get(f"{self.gateway_url}/v1/distillgate/versions", params={"model": self.model})
         except httpx.HTTPError:
-            return False, ()
+            return False, None, ()
         if resp.status_code != 200:
-            return False, ()
+            return False, None, ()
         body = resp.json()
-        items = body.get("data", body.get("versions", [])) if isinstance(body, dict) else body
-        return True, tuple(items)
+        live = ((body.get("active") or {}).get("live") or {}).get("id")
+        return True, live, tuple(body.get("versions") or ())
 
     async def snapshot(self) -> Snapshot:
         try:
@@ -101,11 +102,8 @@ class Observer:
         except httpx.HTTPError:
             text = ""
         parsed = parse_gateway_metrics(text, self.model)
-        available, versions = await self.versions()
-        live = parsed["live"]
-        for v in versions:
-            if v.get("status") == "live":
-                live = v.get("id", live)
+        available, live, versions = await self.versions()
+        live = live or parsed["live"]
         snap = Snapshot(
             at=time.time(), agreement=parsed["agreement"], agreement_lower=parsed["lower"],
             input_drift=parsed["drift"], counters=parsed["counters"], alerts=await self.firing_alerts(),

@@ -190,6 +190,7 @@ def choose_monitoring(env: DemoEnv) -> str:
 
 def start_gateway_server(env: DemoEnv) -> ManagedProcess:
     """Step 5: the gateway (uvicorn) with shadow sampling, the evaluator and its control API."""
+    assert env.student is not None
     s = env.settings
     vllm, teacher = env.stack.processes["vllm"], env.stack.processes["teacher"]
     work = s.workdir / "gateway"
@@ -200,11 +201,10 @@ def start_gateway_server(env: DemoEnv) -> ManagedProcess:
         store_url=f"sqlite:///{(work / 'pairs.db').resolve()}", workdir=work.resolve(),
         shadow_rate=s.shadow_rate, agreement_threshold=s.agreement_threshold,
         watcher_enabled=env.monitoring == "watcher", device=s.train_device, dtype=s.train_dtype,
+        base_model_dir=env.student.model_dir.resolve(),
     )
     path, _ = write_gateway_config(plan, work / "gateway.yaml")
-    env_vars = {API_KEY_ENV: env.api_key, WEBHOOK_TOKEN_ENV: env.webhook_token,
-                # The re-distillation job loads the base student from here (the served model's weights).
-                "DISTILLGATE_DEMO_BASE_MODEL": str(env.student.model_dir if env.student else "")}
+    env_vars = {API_KEY_ENV: env.api_key, WEBHOOK_TOKEN_ENV: env.webhook_token}
     proc = env.stack.add("gateway", start_gateway(path, plan.port, env=env_vars, workdir=work))
     env.gateway_url = proc.url
     return proc

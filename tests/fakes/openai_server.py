@@ -178,19 +178,23 @@ class FakeOpenAI:
             for t in tokens
         ]
 
+    def _reply(self, body: dict[str, Any], id_: str) -> tuple[str, list[str], float, dict[str, int], dict[str, Any]]:
+        """(text, tokens, logprob, usage, common response fields) for a request body."""
+        prompt = prompt_of(body)
+        text = self._answer_for(prompt)
+        tokens = self._tokens(text)
+        n_prompt = len(prompt.split())
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(tokens), "total_tokens": n_prompt + len(tokens)}
+        base = {"id": id_, "created": int(time.time()), "model": body.get("model")}
+        return text, tokens, self._logprob_for(prompt), usage, base
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         bad, body = await self._misbehave(request)
         if bad is not None:
             return bad
-        prompt = prompt_of(body)
-        text = self._answer_for(prompt)
-        tokens = self._tokens(text)
-        lp = self._logprob_for(prompt)
+        text, tokens, lp, usage, base = self._reply(body, "chatcmpl-fake")
         want_lp = bool(body.get("logprobs"))
         k = int(body.get("top_logprobs") or 0)
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens),
-                 "total_tokens": len(prompt.split()) + len(tokens)}
-        base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model")}
         if body.get("stream"):
             chunks = []
             for i, t in enumerate(tokens):
@@ -210,15 +214,9 @@ class FakeOpenAI:
         bad, body = await self._misbehave(request)
         if bad is not None:
             return bad
-        prompt = prompt_of(body)
-        text = self._answer_for(prompt)
-        tokens = self._tokens(text)
-        lp = self._logprob_for(prompt)
+        text, tokens, lp, usage, base = self._reply(body, "cmpl-fake")
         n_lp = body.get("logprobs")
         want_lp = isinstance(n_lp, int) and not isinstance(n_lp, bool)
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens),
-                 "total_tokens": len(prompt.split()) + len(tokens)}
-        base = {"id": "cmpl-fake", "created": int(time.time()), "model": body.get("model")}
 
         def logprobs(toks: list[str]) -> dict[str, Any] | None:
             if not want_lp:
