@@ -125,7 +125,7 @@ def start_litellm(work: Path, cpu: int, upstream: str, *, timeout_s: float = 180
     cfg = work / "litellm.yaml"
     cfg.write_text(yaml.safe_dump({
         "model_list": [{"model_name": "bench", "litellm_params": {
-            "model": "openai/bench-upstream", "api_base": upstream + "/v1", "api_key": "sk-upstream"}}],
+            "model": "openai/gpt-4o-mini", "api_base": upstream + "/v1", "api_key": "sk-upstream"}}],
         "litellm_settings": {"telemetry": False, "drop_params": True, "set_verbose": False},
         "general_settings": {"master_key": BENCH_KEY},
     }))
