@@ -8,7 +8,7 @@ Upstream), routers (model -> ModelRouter), auth (Authenticator: `authenticate(re
 raises gateway.errors.AuthenticationError), limiter, evaluator (Evaluator | None, set at start-up),
 registry (redistill Registry | None, set at start-up), poller (RegistryPoller), metrics (GatewayMetrics),
 metrics_registry (CollectorRegistry), proxy (Proxy), call_other (ShadowCaller), tracing (Tracing | None),
-redistill (whatever the caller passed as `redistill=`, else None).
+redistill (RedistillService | None, set at start-up).
 """
 from __future__ import annotations
 
@@ -94,6 +94,20 @@ def _build_registry(evaluator: Any, config: DistillgateConfig) -> Any:
     return module.Registry(engine, canary_percent=config.redistill.promote.canary_percent)
 
 
+def _build_redistill(config: DistillgateConfig, evaluator: Any, registry: Any, metrics_registry: CollectorRegistry) -> Any:
+    """redistill.assemble.build_service on the evaluator store's engine, when both exist."""
+    engine = getattr(getattr(evaluator, "store", None), "engine", None)
+    if engine is None:
+        return None
+    try:
+        assemble = importlib.import_module("redistill.assemble")
+    except ImportError as exc:
+        if exc.name != "redistill.assemble":
+            raise
+        return None
+    return assemble.build_service(config, engine, evaluator=evaluator, registry=registry, metrics_registry=metrics_registry)
+
+
 def create_app(
     config: DistillgateConfig,
     *,
@@ -107,7 +121,9 @@ def create_app(
     """Build the gateway app. Nothing touches the network until the lifespan starts.
 
     registry: a redistill Registry (None: built on the evaluator store's engine when possible, else
-    every model serves its base student). evaluator: see _build_evaluator. metrics_registry: where the
+    every model serves its base student). evaluator: see _build_evaluator. redistill: the
+    RedistillService for the control endpoints (None: built by redistill.assemble.build_service on the
+    evaluator store's engine and started/stopped with the app; False: none; an instance: used as is). metrics_registry: where the
     gateway's and evaluator's metrics live (default: a fresh one per app, served at /metrics).
     tune_gc: freeze start-up objects and raise GC thresholds (process-wide: the CLI's `serve` sets it).
     """
@@ -138,6 +154,15 @@ def create_app(
             poller.registry = _build_registry(ev, config)
         app.state.registry = poller.registry
         await poller.start()
+        service, owns_service = redistill, False
+        if redistill is None:
+            service = _build_redistill(config, ev, poller.registry, metrics_registry)
+            owns_service = service is not None
+        elif redistill is False:
+            service = None
+        if owns_service and hasattr(service, "start"):
+            await service.start()
+        app.state.redistill = service
         if tune_gc:
             # MACHINE-FACTS: fewer, later collections cut CPU per request and p99 under load.
             gc.collect()
@@ -146,6 +171,8 @@ def create_app(
         try:
             yield
         finally:
+            if owns_service and hasattr(service, "stop"):
+                await service.stop()
             await poller.stop()
             if ev is not None and hasattr(ev, "stop"):
                 await ev.stop()

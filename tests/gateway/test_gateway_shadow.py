@@ -224,3 +224,5 @@ def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config,
         served = ev.offered[0][0]
         assert (served.route, served.version, served.response_text) == ("fallback", "teacher-served", "teacher says hi")
         assert (ev.shadows[0].route, ev.shadows[0].response_text) == ("student", "student says hi")
+        assert g.app.state.redistill is not None  # the re-distillation service, for the control endpoints
+        assert metric_value(text, "distillgate_redistill_job_running", model="support") == 0
