@@ -29,7 +29,8 @@ from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, 
 from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, TargetUnavailable, start_floor, start_gateway, start_litellm, start_nginx, start_upstream,
+    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, start_floor, start_gateway, start_litellm,
+    start_nginx, start_upstream,
 )
 
 DEFAULT_TARGETS = ("direct", "floor", "nginx", "litellm", "gateway")
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk_available()
     os.sched_setaffinity(0, {args.load_cpu})
+    exit_cleanly_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     cells = scenarios(args)
     running: list[Target] = []

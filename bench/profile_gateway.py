@@ -27,7 +27,9 @@ from rich.table import Table  # noqa: E402
 
 from bench.load import chat_body, run_wrk  # noqa: E402
 from bench.report import RESULTS  # noqa: E402
-from bench.targets import BENCH_KEY, Target, start_gateway, start_upstream  # noqa: E402
+from bench.targets import (  # noqa: E402
+    BENCH_KEY, Target, exit_cleanly_on_sigterm, start_gateway, start_upstream,
+)
 
 OWN_CODE = ("gateway/", "evaluator/", "redistill/")
 _FRAME = re.compile(r"(.*) \((.*?):\d+\)$")
@@ -82,6 +84,7 @@ def main() -> int:
         raise SystemExit("py-spy not found: `pip install py-spy` (or pass --py-spy PATH)")
     console = Console(width=None if sys.stdout.isatty() else 150)
     os.sched_setaffinity(0, {args.load_cpu})
+    exit_cleanly_on_sigterm()
     overrides: dict = {}
     for text in args.override:
         overrides = {**overrides, **parse_override(text)}

@@ -26,7 +26,9 @@ from bench.gateway_metrics import scrape, shadow_note, wait_shadow_idle  # noqa:
 from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E402
 from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
-from bench.targets import BENCH_KEY, Target, TargetUnavailable, start_gateway, start_upstream  # noqa: E402
+from bench.targets import (  # noqa: E402
+    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, start_gateway, start_upstream,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk_available()
     os.sched_setaffinity(0, {args.load_cpu})
+    exit_cleanly_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     running: list[Target] = []
     runs: dict[tuple[float, int], list[RunResult]] = {(r, c): [] for r in args.rates for c in args.connections}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -39,6 +40,11 @@ class Target:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so the callers' `finally` blocks stop every server they started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _pinned(cpu: int, argv: list[str]) -> list[str]:
