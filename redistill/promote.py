@@ -169,6 +169,11 @@ class PromotionController:
         await self._run_unloads()
 
     async def run(self) -> None:
+        for model in self.models:  # version_info from the first scrape on, not only after a change
+            try:
+                await self._export(model)
+            except Exception:
+                log.exception("exporting versions for %s failed", model)
         while not self._stopping.is_set():
             await self.tick()
             try:
