@@ -110,7 +110,7 @@ def test_canary_split_follows_the_registry(make_config, student, tmp_path):
 
 
 def test_fallback_on_5xx_and_timeout(make_config, student, teacher):
-    config = make_config({"upstreams": {"vllm": {"timeouts": {"first_byte_s": 0.3}}}},
+    config = make_config({"upstreams": {"vllm": {"timeouts": {"first_byte_s": 1.0}}}},
                          routing={"retries": {"max_attempts": 1}, "fallback": {"breaker": {"failure_threshold": 100}}})
     with GatewayThread(config, evaluator=False) as g:
         student.mode = "fail"
@@ -118,7 +118,7 @@ def test_fallback_on_5xx_and_timeout(make_config, student, teacher):
         raw = client.chat.completions.with_raw_response.create(model="support", messages=[{"role": "user", "content": "x"}])
         assert raw.headers["x-distillgate-route"] == "fallback"
         assert raw.parse().choices[0].message.content == "teacher says hi"
-        student.mode, student.delay_s = "normal", 1.0
+        student.mode, student.delay_s = "normal", 2.5
         assert _routes(g, 1) == ["fallback"]
         student.delay_s = 0
         student.mode, student.status = "status", 400  # a client error is not the student's fault: no fallback
@@ -143,7 +143,7 @@ def test_breaker_opens_half_opens_and_closes(make_config, student, teacher):
         assert state() == 2 and len(student.requests) == 2
         assert _routes(g, 3) == ["fallback"] * 3
         assert len(student.requests) == 2  # open: the student is not even tried
-        student.mode, student.delay_s = "normal", 1.0
+        student.mode, student.delay_s = "normal", 2.0  # a slow probe, so its half-open state can be seen
         time.sleep(0.6)  # let open_s pass so the next request is the half-open probe
         done: list[str] = []
         probe = threading.Thread(target=lambda: done.extend(_routes(g, 1)))

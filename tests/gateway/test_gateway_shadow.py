@@ -211,6 +211,8 @@ def test_real_evaluator_scores_a_known_disagreement_fraction(make_config, studen
         text = httpx.get(g.url + "/metrics").text
         assert metric_value(text, "distillgate_pairs_total", model="support", version="base", slice="default", status="disagree") == 3
         assert g.app.state.registry is not None  # built on the evaluator store's engine
+        assert g.app.state.redistill is not None  # the re-distillation service, for the control endpoints
+        assert metric_value(text, "distillgate_redistill_job_running", model="support") == 0
 
 
 def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config, student):
@@ -224,5 +226,3 @@ def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config,
         served = ev.offered[0][0]
         assert (served.route, served.version, served.response_text) == ("fallback", "teacher-served", "teacher says hi")
         assert (ev.shadows[0].route, ev.shadows[0].response_text) == ("student", "student says hi")
-        assert g.app.state.redistill is not None  # the re-distillation service, for the control endpoints
-        assert metric_value(text, "distillgate_redistill_job_running", model="support") == 0
