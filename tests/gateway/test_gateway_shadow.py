@@ -212,7 +212,7 @@ def test_real_evaluator_scores_a_known_disagreement_fraction(make_config, studen
         assert metric_value(text, "distillgate_pairs_total", model="support", version="base", slice="default", status="disagree") == 3
         assert g.app.state.registry is not None  # built on the evaluator store's engine
         assert g.app.state.redistill is not None  # the re-distillation service, for the control endpoints
-        assert metric_value(text, "distillgate_redistill_job_running", model="support") == 0
+        assert "# TYPE distillgate_redistill_jobs_total counter" in text  # its metrics share the app's registry
 
 
 def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config, student):
