@@ -64,13 +64,21 @@ class _ClientGone(Exception):
     """The client disconnected before the request body arrived."""
 
 
+class UpstreamTime:
+    """Seconds one request spent waiting on upstreams, over every attempt (overhead = total - this)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
 @dataclass(slots=True)
 class Outcome:
     """What answered a request: the route label and decision actually used."""
 
     route: str  # student | teacher | fallback
     decision: RouteDecision
-    upstream_s: float = 0.0
     escalated: bool = False
     confidence: float | None = None
     student_answer: ParsedAnswer | None = None  # cascade: the student's answer that was escalated
@@ -158,7 +166,7 @@ class Proxy:
     # ---- upstream calls with breaker, retry budget and fallback -------------------------------------
 
     async def _attempt(self, model: str, d: RouteDecision, body: bytes, payload: dict, headers: dict,
-                       endpoint: str, stream: bool) -> tuple[UpstreamReply | UpstreamStream, Any]:
+                       endpoint: str, stream: bool, spent: UpstreamTime) -> tuple[UpstreamReply | UpstreamStream, Any]:
         key = (model, d.route)
         breaker = self.breakers[key]
         if not breaker.allow():
@@ -168,8 +176,10 @@ class Proxy:
         budget.on_request()
         attempts = self.config.models[model].routing.retries.max_attempts
         attempt = 0
+        perf = time.perf_counter
         while True:
             attempt += 1
+            started = perf()
             try:
                 if stream:
                     result = await upstream.open_stream(endpoint, body, payload, headers)
@@ -195,16 +205,18 @@ class Proxy:
             except UpstreamError as exc:
                 breaker.record_failure()
                 last = exc
+            finally:
+                spent.seconds += perf() - started
             if attempt >= attempts or not budget.try_spend() or not breaker.allow():
                 raise last
             self.metrics.series(model, d.route).retries.inc()
 
     async def _call(self, model: str, router: ModelRouter, d: RouteDecision, payload: dict, headers: dict,
-                    endpoint: str, stream: bool) -> tuple[Outcome, UpstreamReply | UpstreamStream, Any]:
+                    endpoint: str, stream: bool, spent: UpstreamTime) -> tuple[Outcome, UpstreamReply | UpstreamStream, Any]:
         fwd = dict(payload)
         fwd["model"] = d.upstream_model
         try:
-            result, doc = await self._attempt(model, d, orjson.dumps(fwd), fwd, headers, endpoint, stream)
+            result, doc = await self._attempt(model, d, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome(d.route, d), result, doc
         except UpstreamError as exc:
             fb = self.config.models[model].routing.fallback
@@ -215,14 +227,14 @@ class Proxy:
             teacher = router.side("teacher")
             fwd["model"] = teacher.upstream_model
             self.metrics.fallbacks.labels(model).inc()
-            result, doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, stream)
+            result, doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome("fallback", teacher), result, doc
 
     async def _cascade(self, model: str, router: ModelRouter, d: RouteDecision, payload: dict, headers: dict,
-                       endpoint: str) -> tuple[Outcome, UpstreamReply, dict, ParsedAnswer | None]:
+                       endpoint: str, spent: UpstreamTime) -> tuple[Outcome, UpstreamReply, dict, ParsedAnswer | None]:
         policy = self.cascades[model]
         student_payload = policy.student_payload(payload, endpoint)
-        outcome, reply, doc = await self._call(model, router, d, student_payload, headers, endpoint, False)
+        outcome, reply, doc = await self._call(model, router, d, student_payload, headers, endpoint, False, spent)
         if outcome.route != "student":
             return outcome, reply, doc, None
         answer = parse_response(doc)
@@ -234,12 +246,10 @@ class Proxy:
             outcome.confidence = verdict.confidence
             return outcome, reply, doc, answer
         self.metrics.escalations.labels(model).inc()
-        student_seconds = reply.upstream_s
         teacher = router.side("teacher")
         fwd = dict(payload)
         fwd["model"] = teacher.upstream_model
-        t_reply, t_doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, False)
-        t_reply.upstream_s += student_seconds
+        t_reply, t_doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, False, spent)
         out = Outcome("teacher", teacher, escalated=True, confidence=verdict.confidence, student_answer=answer)
         return out, t_reply, t_doc, answer
 
@@ -409,12 +419,13 @@ class ProxyEndpoint:
     async def _unary(self, t0, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
         p = self.proxy
         answer = None
+        spent = UpstreamTime()
         if self.endpoint != "embeddings" and decision.reason != "override" and p.cascades[model].settings.enabled:
-            outcome, reply, doc, answer = await p._cascade(model, router, decision, payload, up_headers, self.endpoint)
+            outcome, reply, doc, answer = await p._cascade(model, router, decision, payload, up_headers, self.endpoint, spent)
             if outcome.escalated:
                 answer = None  # the served answer is the teacher's; parse it later only if needed
         else:
-            outcome, reply, doc = await p._call(model, router, decision, payload, up_headers, self.endpoint, False)
+            outcome, reply, doc = await p._call(model, router, decision, payload, up_headers, self.endpoint, False, spent)
         body = reply.body
         await send({
             "type": "http.response.start",
@@ -428,13 +439,12 @@ class ProxyEndpoint:
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})
         p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
-                  outcome=outcome, upstream_s=reply.upstream_s, answer=answer, doc=doc, ttft_s=None, span=span)
+                  outcome=outcome, upstream_s=spent.seconds, answer=answer, doc=doc, ttft_s=None, span=span)
 
     async def _stream(self, t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
         p = self.proxy
-        t_open = time.perf_counter()
-        outcome, upstream_stream, _ = await p._call(model, router, decision, payload, up_headers, self.endpoint, True)
-        header_wait = time.perf_counter() - t_open
+        spent = UpstreamTime()
+        outcome, upstream_stream, _ = await p._call(model, router, decision, payload, up_headers, self.endpoint, True, spent)
         await send({
             "type": "http.response.start",
             "status": 200,
@@ -456,5 +466,5 @@ class ProxyEndpoint:
         chunks = stats.chunks if p.evaluator is not None else stats.chunks[-3:]
         answer = parse_sse(chunks)
         p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
-                  outcome=outcome, upstream_s=header_wait + stats.upstream_wait_s, answer=answer, doc=None,
+                  outcome=outcome, upstream_s=spent.seconds + stats.upstream_wait_s, answer=answer, doc=None,
                   ttft_s=stats.ttft_s, span=span)

@@ -7,7 +7,6 @@ OpenAI JSON / SSE bytes. Both raise the typed errors of gateway.errors, never ai
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +26,6 @@ class UpstreamReply:
 
     body: bytes
     content_type: bytes
-    upstream_s: float
 
 
 class UpstreamStream(Protocol):
@@ -101,7 +99,6 @@ class OpenAIUpstream:
             self.session = None
 
     async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
-        t0 = time.perf_counter()
         try:
             async with self.session.post(self.base_url + ENDPOINT_PATHS[endpoint], data=body, headers=headers) as resp:
                 data = await resp.read()
@@ -111,7 +108,7 @@ class OpenAIUpstream:
             raise _translate(exc, self.name) from None
         if status != 200:
             raise UpstreamStatus(status, data, ctype)
-        return UpstreamReply(data, ctype, time.perf_counter() - t0)
+        return UpstreamReply(data, ctype)
 
     async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
         try:
@@ -214,10 +211,8 @@ class LiteLLMUpstream:
             raise _litellm_error(exc, self.name) from None
 
     async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
-        t0 = time.perf_counter()
         result = await self._call(endpoint, payload, stream=False)
-        data = orjson.dumps(result.model_dump(exclude_none=True))
-        return UpstreamReply(data, b"application/json", time.perf_counter() - t0)
+        return UpstreamReply(orjson.dumps(result.model_dump(exclude_none=True)), b"application/json")
 
     async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
         return _LiteLLMStream(await self._call(endpoint, payload, stream=True), self.name)

@@ -47,7 +47,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     s = DemoSettings(workdir=args.workdir, report_path=args.report, monitoring=args.monitoring, seed=args.seed,
                      train_device=args.train_device, vllm_dtype=args.vllm_dtype)
     if args.quick:
-        s.distill_examples, s.warmup_requests, s.recovery_requests = 400, 80, 100
+        s.warmup_requests, s.recovery_requests = 80, 100
     return s
 
 

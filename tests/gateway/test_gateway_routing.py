@@ -125,6 +125,10 @@ def test_fallback_on_5xx_and_timeout(make_config, student, teacher):
         assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH).status_code == 400
         text = _metrics(g)
         assert metric_value(text, "distillgate_fallbacks_total", model="support") == 2
+        # the 1 s the timed-out student attempt took is upstream time, not gateway overhead
+        duration = metric_value(text, "distillgate_request_duration_seconds_sum", model="support", route="fallback")
+        overhead = metric_value(text, "distillgate_overhead_seconds_sum", model="support", route="fallback")
+        assert overhead <= duration - 1.0
         assert metric_value(text, "distillgate_requests_total", model="support", route="fallback", status="200") == 2
         assert len(teacher.requests) == 2
 
