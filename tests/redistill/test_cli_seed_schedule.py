@@ -121,3 +121,35 @@ def test_scorer_validator_follows_the_models_scorer():
     js = scorer_validator(build_scorer(ScorerSettings(kind="json")))
     assert js('{"a": 1}') and not js("no json here")
     assert scorer_validator(build_scorer(ScorerSettings(kind="rouge_l"))) is None
+
+
+def test_watcher_fires_through_the_service_into_a_kubernetes_job(tmp_path):
+    from kubernetes import client
+
+    from evaluator.agreement import AgreementSnapshot
+    from fake_kube import FakeKubeAPI
+    from redistill.runners import KubernetesRunner
+    from redistill.settings import KubernetesRunnerSettings
+
+    _, config = _config(tmp_path, trigger={"watcher": {"threshold": 0.8, "for_s": 30, "min_samples": 20,
+                                                       "cooldown_s": 600}})
+    store = _fill(config, n=2)
+    low = AgreementSnapshot(n=40, agreed=24, ratio=0.6, lower=0.45, upper=0.74)
+    with FakeKubeAPI() as kube:
+        api = client.Configuration()
+        api.host = kube.url
+        runner = KubernetesRunner(KubernetesRunnerSettings(namespace="ml"), api_client=client.ApiClient(api))
+        svc = RedistillService(config.redistill, ["intent"], jobs=JobStore(store.engine), runner=runner,
+                               agreement=lambda model: low, clock=lambda: 1000.0)
+
+        async def run():
+            first = await svc.check_triggers(now=1000.0)
+            fired = await svc.check_triggers(now=1030.0)
+            return first, fired
+
+        first, fired = asyncio.run(run())
+        assert first == [] and [o.status for o in fired] == ["accepted"]
+        assert len(kube.jobs) == 1
+    [row] = JobStore(store.engine).triggers("intent")
+    assert row["source"] == "watcher" and row["outcome"] == "job_started" and row["metrics"]["lower"] == 0.45
+    store.close()

@@ -6,11 +6,13 @@ import signal
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from evaluator.records import ExchangeRecord, ShadowPair
 from evaluator.store.pairs import PairStore
 from gateway.config import parse_config
 from redistill.jobs import JobStore
+from redistill.metrics import RedistillMetrics
 from redistill.job import run_job
 from redistill.records import Trigger
 from redistill.registry import Registry
@@ -87,9 +89,10 @@ def test_job_pipeline_registers_a_gated_version_with_lineage(tmp_path, base_dir)
     store.close()
 
 
-def _service(config, store):
+def _service(config, store, metrics=None):
     return RedistillService(config.redistill, list(config.models), jobs=JobStore(store.engine),
-                            runner=LocalRunner(cwd=os.getcwd()), config_dump=lambda: config.model_dump(mode="json"))
+                            runner=LocalRunner(cwd=os.getcwd()), config_dump=lambda: config.model_dump(mode="json"),
+                            metrics=metrics)
 
 
 def test_service_runs_job_subprocess_and_dedups(tmp_path, base_dir):
@@ -121,9 +124,10 @@ def test_killed_job_is_failed_and_live_version_untouched(tmp_path, base_dir):
                              gate_report=None)
     registry.promote_live(live.id, "live before the job")
     jobs = JobStore(store.engine)
+    prom = CollectorRegistry()
 
     async def scenario():
-        svc = _service(config, store)
+        svc = _service(config, store, RedistillMetrics(prom))
         out = await svc.submit(Trigger("manual", "intent", "operator"))
         _, handle, _ = svc._running["intent"]
         deadline = time.monotonic() + 240
@@ -137,4 +141,10 @@ def test_killed_job_is_failed_and_live_version_untouched(tmp_path, base_dir):
     assert job.status == "failed" and "SIGKILL" in job.error
     assert registry.active("intent").live.id == live.id
     assert [v.id for v in registry.list("intent")] == [live.id]
+    value = lambda name, status=None: prom.get_sample_value(  # noqa: E731
+        name, {"model": "intent", **({"status": status} if status else {})})
+    assert value("distillgate_redistill_jobs_total", "started") == 1
+    assert value("distillgate_redistill_jobs_total", "failed") == 1
+    assert value("distillgate_redistill_job_running") == 0
+    assert value("distillgate_redistill_job_duration_seconds_count") == 1
     store.close()
