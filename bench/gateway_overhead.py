@@ -26,7 +26,7 @@ from rich.progress import Progress  # noqa: E402
 
 from bench.gateway_metrics import scrape, shadow_note  # noqa: E402
 from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, wrk_available  # noqa: E402
-from bench.proctree import wait_quiet  # noqa: E402
+from bench.proctree import sample, wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
     BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, start_floor, start_gateway, start_litellm,
@@ -94,16 +94,20 @@ def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teache
     }
     started: dict[str, Target] = {}
     skipped: list[str] = []
+    startup: list[str] = []
     for name in args.targets:
         if name == "direct":
             started["direct"] = upstream
             continue
         with console.status(f"starting {name} …"):
             try:
+                t0 = time.monotonic()
                 started[name] = starters[name]()
+                startup.append(f"{name} {time.monotonic() - t0:.1f}s/{sample(started[name].pid).rss_mb:.0f} MB")
             except TargetUnavailable as exc:
                 skipped.append(f"{name} skipped: {exc}")
                 console.print(f"[yellow]{name} skipped:[/] {exc}")
+    skipped.insert(0, "ready after / RSS at start-up: " + ", ".join(startup))
     return started, skipped
 
 
