@@ -74,7 +74,7 @@ def _setup(env: DemoEnv, console: Console) -> None:
 
 def run_demo(args: argparse.Namespace, config: Any = None) -> int:
     console = Console()
-    for noisy in ("httpx", "openai", "alembic", "httpcore"):
+    for noisy in ("httpx", "httpx2", "openai", "alembic", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = settings_from_args(args)
     settings.progress = console.is_terminal

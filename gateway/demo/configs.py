@@ -80,7 +80,7 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
                 "alert_names": list(REDISTILL_ALERTS),
                 "min_new_pairs": 40,
                 "watcher": {"enabled": plan.watcher_enabled, "threshold": plan.agreement_threshold,
-                            "for_s": plan.watcher_for_s, "min_samples": plan.min_samples, "cooldown_s": 120.0,
+                            "for_s": plan.watcher_for_s, "min_samples": plan.min_samples, "cooldown_s": 1800.0,
                             "interval_s": 1.0},
             },
             "dataset": {"since_s": 3600, "dedup": "exact", "heldout_fraction": 0.2},
@@ -88,7 +88,7 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
                       "learning_rate": 1e-2, "lora_r": 8, "device": plan.device, "dtype": plan.dtype},
             "gate": {"retention_threshold": 0.9, "max_examples": 150},
             "promote": {"canary_percent": 25.0, "shadow_min_samples": 20, "canary_min_samples": 20,
-                        "stage_timeout_s": 300.0},
+                        "stage_timeout_s": 300.0, "skip_shadow": True},
         },
     }
 
@@ -100,10 +100,10 @@ def write_gateway_config(plan: GatewayPlan, path: Path) -> tuple[Path, Distillga
     return path, config
 
 
-def render_demo_rules(out_dir: Path, *, agreement_threshold: float = 0.8) -> list[Path]:
-    """dashboards/rules with `for: 0s`, 1 s evaluation and 30 s rate windows (ops' render_rules.py)."""
+def render_demo_rules(out_dir: Path, *, agreement_threshold: float = 0.8, for_all: str = "0s") -> list[Path]:
+    """dashboards/rules with a short `for:`, 1 s evaluation and 30 s rate windows (ops' render_rules.py)."""
     render = runpy.run_path(str(RENDER_RULES))["render_rules"]
-    return list(render(out_dir, rules_dir=RULES_DIR, for_all="0s", interval="1s", rate_window="30s",
+    return list(render(out_dir, rules_dir=RULES_DIR, for_all=for_all, interval="1s", rate_window="30s",
                        thresholds={"StudentAgreementLow": agreement_threshold}))
 
 

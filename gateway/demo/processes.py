@@ -460,3 +460,33 @@ def start_teacher(
     proc = ManagedProcess("demo-teacher", argv, work / "teacher.log", url=url, port=port).start()
     wait_http(f"{url}/health", timeout, process=proc)
     return proc
+
+
+def stop_strays(cmdline_fragment: str, grace_s: float = 5.0) -> list[int]:
+    """Stop processes whose command line contains ``cmdline_fragment`` (a path unique to one demo run).
+
+    The gateway's local re-distillation runner starts jobs in their own session on purpose (a gateway
+    restart must not kill a training run), so they survive the gateway; the demo owns them and must
+    not leave them running. Returns the pids that were signalled.
+    """
+    me = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline_fragment in cmdline:
+            pids.append(int(entry.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+    return pids

@@ -38,6 +38,7 @@ from gateway.demo.processes import (
     start_prometheus,
     start_teacher,
     start_vllm,
+    stop_strays,
 )
 from gateway.demo.student import SERVED_NAME, build_demo_student
 from gateway.demo.summary import StageSummary, summarize, write_report
@@ -60,6 +61,11 @@ class DemoSettings:
     recovery_requests: int = 200
     concurrency: int = 4
     rate_per_s: float | None = 15.0
+    # While the job trains, traffic only has to feed the promotion stages' shadow samples; less of it
+    # leaves the CPU to training (the whole demo shares two cores).
+    redistill_rate_per_s: float | None = 5.0
+    # Alerts hold for this long before firing, so the job's dataset holds enough drifted pairs.
+    alert_for_s: float = 30.0
     shadow_rate: float = 0.5
     agreement_threshold: float = 0.8
     alert_timeout_s: float = 300.0  # drift traffic until the alert fires
@@ -96,6 +102,8 @@ class DemoStack:
         self.workdir = workdir
         self.processes: dict[str, ManagedProcess] = {}
         self._exit = contextlib.ExitStack()
+        # Runs last: re-distillation jobs the gateway started outlive it by design (own session).
+        self._exit.callback(stop_strays, str(workdir.resolve() / "gateway" / "redistill"))
 
     def add(self, name: str, proc: ManagedProcess) -> ManagedProcess:
         self.processes[name] = proc
@@ -200,7 +208,7 @@ def start_gateway_server(env: DemoEnv) -> ManagedProcess:
         teacher_url=f"{teacher.url}/v1", teacher_model=TEACHER_NAME,
         store_url=f"sqlite:///{(work / 'pairs.db').resolve()}", workdir=work.resolve(),
         shadow_rate=s.shadow_rate, agreement_threshold=s.agreement_threshold,
-        watcher_enabled=env.monitoring == "watcher", device=s.train_device, dtype=s.train_dtype,
+        watcher_enabled=env.monitoring == "watcher", watcher_for_s=s.alert_for_s, device=s.train_device, dtype=s.train_dtype,
         base_model_dir=env.student.model_dir.resolve(),
     )
     path, _ = write_gateway_config(plan, work / "gateway.yaml")
@@ -220,7 +228,7 @@ def start_monitoring(env: DemoEnv) -> None:
     work.mkdir(parents=True, exist_ok=True)
     am_cfg = write_alertmanager_config(work / "alertmanager.yml", gateway_port=gw.port or 0, token=env.webhook_token)
     am = env.stack.add("alertmanager", start_alertmanager(am_cfg, workdir=work / "alertmanager"))
-    rules = render_demo_rules(work / "rules", agreement_threshold=s.agreement_threshold)
+    rules = render_demo_rules(work / "rules", agreement_threshold=s.agreement_threshold, for_all=f"{s.alert_for_s:g}s")
     prom_cfg = write_prometheus_config(work / "prometheus.yml", rule_files=rules, gateway_port=gw.port or 0,
                                        vllm_port=vllm.port or 0, alertmanager_port=am.port)
     prom = env.stack.add("prometheus", start_prometheus(prom_cfg, workdir=work / "prometheus"))
@@ -273,7 +281,8 @@ def _note_events(env: DemoEnv, snap: Snapshot) -> None:
 
 
 async def _stage(env: DemoEnv, stage: str, *, drift: float, count: int | None, until: Callable[[], bool] | None,
-                 deadline_s: float | None, on_status: StatusHook | None, seed_offset: int) -> int:
+                 deadline_s: float | None, on_status: StatusHook | None, seed_offset: int,
+                 rate_per_s: float | None = None) -> int:
     s = env.settings
     assert env.gateway_url is not None
     client = gateway_client(env.gateway_url, env.api_key)
@@ -289,7 +298,7 @@ async def _stage(env: DemoEnv, stage: str, *, drift: float, count: int | None, u
     watch = asyncio.create_task(_observe(env, observer, stage, on_status, done))
     try:
         return await run_traffic(client, LOGICAL_MODEL, tickets, stage=stage, log=env.log,
-                                 concurrency=s.concurrency, rate_per_s=s.rate_per_s, stop=stop)
+                                 concurrency=s.concurrency, rate_per_s=rate_per_s or s.rate_per_s, stop=stop)
     finally:
         done.set()
         await watch
@@ -328,7 +337,8 @@ async def drift_until_promoted(env: DemoEnv, on_status: StatusHook | None = None
     re-distilled version is live."""
     tl = env.timeline
     await _stage(env, "redistill", drift=env.settings.drift, count=None, until=lambda: tl.promoted is not None,
-                 deadline_s=env.settings.promotion_timeout_s, on_status=on_status, seed_offset=300)
+                 deadline_s=env.settings.promotion_timeout_s, on_status=on_status, seed_offset=300,
+                 rate_per_s=env.settings.redistill_rate_per_s)
     return tl.promoted is not None
 
 
@@ -400,3 +410,12 @@ def demo_env(settings: DemoSettings, *, clean: bool = True) -> Iterator[DemoEnv]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with DemoStack(settings.workdir) as stack:
         yield DemoEnv(settings=settings, stack=stack)
+
+
+def run_scenario(settings: DemoSettings, on_status: StatusHook | None = None) -> tuple[DemoEnv, list[StageSummary], Path]:
+    """Every step, start to finish, children stopped on return (for tests: pass short settings)."""
+    with demo_env(settings) as env:
+        start_stack(env)
+        asyncio.run(run_traffic_stages(env, on_status))
+        rows, report = write_outputs(env)
+        return env, rows, report

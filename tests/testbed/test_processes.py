@@ -131,3 +131,21 @@ def test_prometheus_alert_reaches_a_webhook_through_alertmanager(prometheus_bin:
         assert not prom.alive() and not am.alive()
     finally:
         sink.shutdown()
+
+
+def test_stop_strays_stops_detached_processes_by_their_unique_path(tmp_path: Path) -> None:
+    import subprocess
+
+    from gateway.demo.processes import stop_strays
+
+    marker = str(tmp_path / "jobs" / "job-1")
+    detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", marker], start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(tmp_path / "other")],
+                                 start_new_session=True)
+    try:
+        assert stop_strays(marker) == [detached.pid]
+        assert detached.wait(timeout=10) is not None
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
