@@ -91,7 +91,8 @@ def run_demo(args: argparse.Namespace, config: Any = None) -> int:
             console.print(summary_table(rows))
             tl = env.timeline
             console.print(f"alert: {'fired: ' + ', '.join(tl.alert_names) if tl.alert_fired else '[red]did not fire[/]'}; "
-                          f"re-distilled version live: {tl.promoted_version or '[red]none[/]'}")
+                          f"re-distilled version live: {tl.promoted_version or '[red]none[/]'}"
+                          + (f" (job {tl.job_outcome})" if tl.job_outcome and not tl.promoted else ""))
             console.print(f"report: {report.resolve()}")
             return 0 if tl.promoted else 1
     except KeyboardInterrupt:

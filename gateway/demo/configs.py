@@ -40,7 +40,7 @@ class GatewayPlan:
     min_samples: int = 30
     watcher_enabled: bool = False  # the built-in watcher replaces Prometheus + Alertmanager
     watcher_for_s: float = 5.0
-    train_epochs: int = 4
+    train_epochs: int = 6
     device: str = "cpu"
     dtype: str = "float32"
 

@@ -91,6 +91,7 @@ class Timeline:
     trigger_accepted: float | None = None
     promoted: float | None = None
     promoted_version: str | None = None
+    job_outcome: str | None = None  # rejected | failed, when the re-distillation job did not produce a version
     recovery_started: float | None = None
     finished: float | None = None
 
@@ -208,11 +209,15 @@ def start_gateway_server(env: DemoEnv) -> ManagedProcess:
         teacher_url=f"{teacher.url}/v1", teacher_model=TEACHER_NAME,
         store_url=f"sqlite:///{(work / 'pairs.db').resolve()}", workdir=work.resolve(),
         shadow_rate=s.shadow_rate, agreement_threshold=s.agreement_threshold,
-        watcher_enabled=env.monitoring == "watcher", watcher_for_s=s.alert_for_s, device=s.train_device, dtype=s.train_dtype,
-        base_model_dir=env.student.model_dir.resolve(),
+        watcher_enabled=env.monitoring == "watcher", watcher_for_s=s.alert_for_s,
+        device=s.train_device, dtype=s.train_dtype, base_model_dir=env.student.model_dir.resolve(),
     )
     path, _ = write_gateway_config(plan, work / "gateway.yaml")
-    env_vars = {API_KEY_ENV: env.api_key, WEBHOOK_TOKEN_ENV: env.webhook_token}
+    env_vars = {API_KEY_ENV: env.api_key, WEBHOOK_TOKEN_ENV: env.webhook_token,
+                # Re-distillation jobs inherit this. vLLM's CPU worker keeps a core busy; a job with two
+                # torch threads then waits at every barrier for the descheduled one: measured 2.8 s per
+                # step with 2 threads against 0.14 s with 1 on this 2-core machine.
+                "OMP_NUM_THREADS": os.environ.get("DISTILLGATE_DEMO_JOB_THREADS", "1")}
     proc = env.stack.add("gateway", start_gateway(path, plan.port, env=env_vars, workdir=work))
     env.gateway_url = proc.url
     return proc
@@ -228,7 +233,8 @@ def start_monitoring(env: DemoEnv) -> None:
     work.mkdir(parents=True, exist_ok=True)
     am_cfg = write_alertmanager_config(work / "alertmanager.yml", gateway_port=gw.port or 0, token=env.webhook_token)
     am = env.stack.add("alertmanager", start_alertmanager(am_cfg, workdir=work / "alertmanager"))
-    rules = render_demo_rules(work / "rules", agreement_threshold=s.agreement_threshold, for_all=f"{s.alert_for_s:g}s")
+    rules = render_demo_rules(work / "rules", agreement_threshold=s.agreement_threshold,
+                              for_all=f"{s.alert_for_s:g}s")
     prom_cfg = write_prometheus_config(work / "prometheus.yml", rule_files=rules, gateway_port=gw.port or 0,
                                        vllm_port=vllm.port or 0, alertmanager_port=am.port)
     prom = env.stack.add("prometheus", start_prometheus(prom_cfg, workdir=work / "prometheus"))
@@ -278,6 +284,9 @@ def _note_events(env: DemoEnv, snap: Snapshot) -> None:
             tl.alert_fired, tl.alert_names = snap.at, ("watcher",)
     if tl.promoted is None and snap.live_version and snap.live_version != env.initial_live:
         tl.promoted, tl.promoted_version = snap.at, snap.live_version
+    for status in ("rejected", "failed"):
+        if snap.counters.get(f"distillgate_redistill_jobs_total{{status={status}}}", 0.0) > 0:
+            tl.job_outcome = tl.job_outcome or status
 
 
 async def _stage(env: DemoEnv, stage: str, *, drift: float, count: int | None, until: Callable[[], bool] | None,
@@ -336,7 +345,9 @@ async def drift_until_promoted(env: DemoEnv, on_status: StatusHook | None = None
     """Stage "redistill": keep drifted traffic flowing (promotion stages need shadow samples) until a
     re-distilled version is live."""
     tl = env.timeline
-    await _stage(env, "redistill", drift=env.settings.drift, count=None, until=lambda: tl.promoted is not None,
+    # Ends early when the job was rejected by the gate or failed: no version will come (cooldown).
+    await _stage(env, "redistill", drift=env.settings.drift, count=None,
+                 until=lambda: tl.promoted is not None or tl.job_outcome is not None,
                  deadline_s=env.settings.promotion_timeout_s, on_status=on_status, seed_offset=300,
                  rate_per_s=env.settings.redistill_rate_per_s)
     return tl.promoted is not None
@@ -372,7 +383,7 @@ def write_outputs(env: DemoEnv) -> tuple[list[StageSummary], Path]:
         "alert": f"{', '.join(tl.alert_names)} after {tl.alert_fired - tl.drift_started:.0f}s of drift"
         if tl.alert_fired and tl.drift_started else "did not fire",
         "promoted version": f"{tl.promoted_version} after {tl.promoted - tl.drift_started:.0f}s of drift"
-        if tl.promoted and tl.promoted_version and tl.drift_started else "none",
+        if tl.promoted and tl.promoted_version and tl.drift_started else f"none (job {tl.job_outcome or 'unfinished'})",
     }
     path = write_report(s.report_path, rows=rows, outcomes=env.log.outcomes, snapshots=env.snapshots, marks=marks,
                         facts=facts, evaluator_report=evaluator_report)

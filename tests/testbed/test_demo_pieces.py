@@ -92,3 +92,31 @@ def test_parse_gateway_metrics_reads_agreement_and_live_version() -> None:
     assert parsed["agreement"] == {("base", "all"): 0.5}
     assert parsed["live"] == "v2"
     assert parsed["counters"]["distillgate_redistill_jobs_total{status=started}"] == 2
+
+
+def test_demo_stack_stops_every_child_even_when_the_block_fails(tmp_path: Path) -> None:
+    from gateway.demo.processes import ManagedProcess
+    from gateway.demo.scenario import DemoStack
+
+    procs = []
+    with pytest.raises(KeyboardInterrupt):
+        with DemoStack(tmp_path) as stack:
+            for name in ("a", "b"):
+                procs.append(stack.add(name, ManagedProcess(
+                    name, [sys.executable, "-c", "import time; time.sleep(300)"], tmp_path / f"{name}.log").start()))
+            assert all(p.alive() for p in procs)
+            raise KeyboardInterrupt
+    assert not any(p.alive() for p in procs)
+
+
+def test_choose_monitoring_falls_back_to_the_watcher_only_when_allowed(tmp_path: Path, monkeypatch) -> None:
+    from gateway.demo.processes import MissingBinaryError
+    from gateway.demo.scenario import DemoEnv, DemoSettings, DemoStack, choose_monitoring
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus binaries on this PATH
+    with DemoStack(tmp_path) as stack:
+        env = DemoEnv(settings=DemoSettings(workdir=tmp_path, monitoring="auto"), stack=stack)
+        assert choose_monitoring(env) == "watcher" and "missing prometheus" in env.monitoring_note
+        env.settings.monitoring = "prometheus"
+        with pytest.raises(MissingBinaryError):
+            choose_monitoring(env)
