@@ -81,7 +81,10 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     return cells
 
 
-def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teacher: Target) -> tuple[dict[str, Target], list[str]]:
+def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teacher: Target,
+                  running: list[Target]) -> tuple[dict[str, Target], list[str]]:
+    """Starts what `args.targets` names; each started server joins `running` at once, so a later failure
+    still stops it."""
     starters: dict[str, Callable[[], Target]] = {
         "floor": lambda: start_floor(work, args.proxy_cpu, upstream.base_url),
         "nginx": lambda: start_nginx(work, args.proxy_cpu, upstream.base_url),
@@ -103,6 +106,7 @@ def start_targets(args: argparse.Namespace, work: Path, upstream: Target, teache
             try:
                 t0 = time.monotonic()
                 started[name] = starters[name]()
+                running.append(started[name])
                 startup.append(f"{name} {time.monotonic() - t0:.1f}s/{sample(started[name].pid).rss_mb:.0f} MB")
             except TargetUnavailable as exc:
                 skipped.append(f"{name} skipped: {exc}")
@@ -134,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream = start_upstream(work, args.load_cpu)
         teacher = start_upstream(work, args.load_cpu, name="teacher")
         running += [upstream, teacher]
-        targets, skipped = start_targets(args, work, upstream, teacher)
-        running += [t for n, t in targets.items() if n != "direct"]
+        targets, skipped = start_targets(args, work, upstream, teacher, running)
         order = [n for n in args.targets if n in targets]
         results = {n: {label: [] for label, _, _ in cells} for n in order}
         total = len(order) * (len(cells) * args.rounds + 1 + (1 if args.soak_duration else 0)) + len(order)

@@ -119,7 +119,7 @@ LITELLM_HINT = (
 )
 
 
-def start_litellm(work: Path, cpu: int, upstream: str, *, timeout_s: float = 180) -> Target:
+def start_litellm(work: Path, cpu: int, upstream: str, *, timeout_s: float = 300) -> Target:
     cli = Path(sys.executable).with_name("litellm")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
     check = subprocess.run([sys.executable, "-c", "import litellm.proxy.proxy_server"], env=env,
@@ -171,7 +171,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_rate: float,
-                  name: str = "gateway", overrides: dict | None = None, timeout_s: float = 120) -> Target:
+                  name: str = "gateway", overrides: dict | None = None, timeout_s: float = 300) -> Target:
     """`overrides` are merged into the generated config (e.g. to switch one evaluator feature off)."""
     try:
         import gateway.cli  # noqa: F401
