@@ -34,13 +34,13 @@ class GatewayPlan:
     store_url: str
     workdir: Path
     base_model_dir: Path  # the weights vLLM serves: re-distillation trains LoRA on top of them
-    shadow_rate: float = 0.5
+    shadow_rate: float = 1.0
     agreement_threshold: float = 0.8
     agreement_window: int = 60
     min_samples: int = 30
     watcher_enabled: bool = False  # the built-in watcher replaces Prometheus + Alertmanager
     watcher_for_s: float = 5.0
-    train_epochs: int = 6
+    train_epochs: int = 8
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -85,7 +85,7 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
             },
             "dataset": {"since_s": 3600, "dedup": "exact", "heldout_fraction": 0.2},
             "train": {"method": "lora", "epochs": plan.train_epochs, "batch_size": 32, "max_length": 96,
-                      "learning_rate": 1e-2, "lora_r": 8, "device": plan.device, "dtype": plan.dtype},
+                      "learning_rate": 1e-2, "lora_r": 16, "lora_alpha": 32, "device": plan.device, "dtype": plan.dtype},
             "gate": {"retention_threshold": 0.9, "max_examples": 150},
             "promote": {"canary_percent": 25.0, "shadow_min_samples": 20, "canary_min_samples": 20,
                         "stage_timeout_s": 300.0, "skip_shadow": True},

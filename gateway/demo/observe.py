@@ -22,7 +22,11 @@ class Snapshot:
     versions: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     versions_available: bool = False  # the control API answered
 
-    def min_agreement(self) -> float | None:
+    def overall_agreement(self) -> float | None:
+        """Agreement of the serving version over all slices (the lowest series when that one is absent)."""
+        overall = self.agreement.get((self.live_version or "base", "all"))
+        if overall is not None:
+            return overall
         return min(self.agreement.values()) if self.agreement else None
 
 

@@ -97,7 +97,7 @@ def _timeline_png(outcomes: list[Outcome], snapshots: list[Snapshot], marks: dic
             xs.append(outcomes[i].at - t0)
             ys.append(sum(o.correct for o in chunk) / len(chunk))
         ax.plot(xs, ys, label=f"served answers correct (rolling {window})", color="tab:blue")
-        pts = [(s.at - t0, s.min_agreement()) for s in snapshots if s.min_agreement() is not None]
+        pts = [(s.at - t0, s.overall_agreement()) for s in snapshots if s.overall_agreement() is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label="agreement with teacher (gateway gauge)",
                     color="tab:green", linestyle="--")
@@ -126,7 +126,7 @@ def write_report(path: Path, *, rows: list[StageSummary], outcomes: list[Outcome
             "—" if r.median_latency_ms is None else f"{r.median_latency_ms:.0f} ms")) + "</tr>"
         for r in rows)
     fact_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
-    link = (f'<p>Evaluator report of the pair store: <a href="{html.escape(str(evaluator_report))}">'
+    link = (f'<p>Evaluator report of the pair store: <a href="{html.escape(evaluator_report.name)}">'
             f"{html.escape(evaluator_report.name)}</a></p>" if evaluator_report else "")
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>distillgate demo report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:collapse}}
