@@ -4,12 +4,17 @@ Mounted inside the FastAPI app as plain ASGI callables (a FastAPI route costs ~0
 MACHINE-FACTS). The body is parsed once with orjson; only `model` (and, for cascade, logprobs) is
 rewritten before forwarding. Everything after the last byte is sent (metrics, evaluator offer) runs
 after the client has its answer.
+
+Request ids: a client's `x-request-id` is used as ours (echoed, forwarded, stored) only when it is 1-64
+visible ASCII characters (the store's request_id column is String(64)); anything else is replaced by a
+generated id and the client's value is used nowhere (no log, no label, no record).
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -53,7 +58,8 @@ log = logging.getLogger("distillgate.gateway")
 ROUTE_HEADER = b"x-distillgate-route"
 REQUEST_ID_HEADER = b"x-request-id"
 _JSON = b"application/json"
-_MAX_REQUEST_ID = 128
+# The store's request_id column is String(64); visible ASCII only, so logs and headers stay clean.
+_CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 class BreakerOpen(UpstreamConnectError):
@@ -344,7 +350,7 @@ class ProxyEndpoint:
         p = self.proxy
         hdrs = _headers(scope)
         rid = hdrs.get("x-request-id")
-        if not rid or len(rid) > _MAX_REQUEST_ID:
+        if rid is None or _CLIENT_REQUEST_ID.fullmatch(rid) is None:
             rid = p.ids.next()
         model_label = "unknown"
         route = "none"

@@ -85,6 +85,11 @@ def test_key_allow_list_hides_other_models(gw):
 
 def test_health_ready_and_metrics(gw, student):
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+    # Before any traffic every configured model x side exports a closed breaker (the Grafana panel is never empty).
+    fresh = httpx.get(gw.url + "/metrics").text
+    for model in ("support", "other"):
+        for route in ("student", "teacher"):
+            assert metric_value(fresh, "distillgate_breaker_state", model=model, route=route) == 0, (model, route)
     ready = httpx.get(gw.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["upstreams"] == {"vllm": True, "teacher": True}
     httpx.post(gw.url + "/v1/chat/completions", json=chat_body(), headers={"authorization": f"Bearer {USER_KEY}"})

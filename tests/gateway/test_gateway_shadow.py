@@ -187,3 +187,22 @@ def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config,
         served = ev.offered[0][0]
         assert (served.route, served.version, served.response_text) == ("fallback", "teacher-served", "teacher says hi")
         assert (ev.shadows[0].route, ev.shadows[0].response_text) == ("student", "student says hi")
+
+
+def test_client_request_ids_are_used_only_when_they_fit_the_store(make_config, student):
+    g, box = _gateway(make_config())
+    url = g.url + "/v1/chat/completions"
+    with g:
+        ev = box["ev"]
+        fits = "client-" + "x" * 57  # 64 characters: the store's request_id column is String(64)
+        r = httpx.post(url, json=chat_body(), headers={**AUTH, "x-request-id": fits})
+        assert r.headers["x-request-id"] == fits and student.headers[-1]["x-request-id"] == fits
+        for bad in ("y" * 65, b"caf\xe9-id", "has space"):
+            r = httpx.post(url, json=chat_body(), headers={**AUTH, "x-request-id": bad})
+            assert r.status_code == 200, r.text
+            rid = r.headers["x-request-id"]
+            assert rid.startswith("dg-") and len(rid) <= 64
+            assert student.headers[-1]["x-request-id"] == rid
+        _wait(lambda: len(ev.offered) == 4)
+        ids = [rec.request_id for rec, _ in ev.offered]
+        assert ids[0] == fits and all(i.startswith("dg-") and len(i) <= 64 for i in ids[1:]) and len(set(ids)) == 4
