@@ -72,6 +72,9 @@ class FallbackSettings(_Strict):
     enabled: bool = True
     on_status: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
     breaker: BreakerSettings = BreakerSettings()
+    teacher_to_student: bool = Field(
+        False, description="also fall back the other way: a request routed to the teacher that fails goes to the student"
+    )
 
 
 class RetrySettings(_Strict):

@@ -40,7 +40,7 @@ class GatewayMetrics:
         self.inter_token = Histogram("distillgate_inter_token_seconds", "Streams: time between chunks", ["model", "route"], buckets=_TOKEN_GAP_BUCKETS, registry=reg)
         self.prompt_tokens = Counter("distillgate_prompt_tokens_total", "Prompt tokens", ["model", "route"], registry=reg)
         self.completion_tokens = Counter("distillgate_completion_tokens_total", "Completion tokens", ["model", "route"], registry=reg)
-        self.fallbacks = Counter("distillgate_fallbacks_total", "Requests answered by the teacher after the student failed", ["model"], registry=reg)
+        self.fallbacks = Counter("distillgate_fallbacks_total", "Requests answered by the other side after the routed side failed", ["model"], registry=reg)
         self.retries = Counter("distillgate_retries_total", "Upstream retries", ["model", "route"], registry=reg)
         self.escalations = Counter("distillgate_escalations_total", "Cascade escalations to the teacher", ["model"], registry=reg)
         self.cascade_checks = Counter("distillgate_cascade_checks_total", "Cascade decisions made", ["model"], registry=reg)

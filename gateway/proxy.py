@@ -225,16 +225,24 @@ class Proxy:
             result, doc = await self._attempt(model, d, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome(d.route, d), result, doc
         except UpstreamError as exc:
-            fb = self.config.models[model].routing.fallback
-            if d.route != "student" or not fb.enabled:
+            other = self._fallback_side(model, router, d, exc)
+            if other is None:
                 raise
-            if isinstance(exc, UpstreamStatus) and exc.status not in fb.on_status:
-                raise
-            teacher = router.side("teacher")
-            fwd["model"] = teacher.upstream_model
+            fwd["model"] = other.upstream_model
             self.metrics.fallbacks.labels(model).inc()
-            result, doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
-            return Outcome("fallback", teacher), result, doc
+            result, doc = await self._attempt(model, other, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
+            return Outcome("fallback", other), result, doc
+
+    def _fallback_side(self, model: str, router: ModelRouter, d: RouteDecision, exc: UpstreamError) -> RouteDecision | None:
+        """The side that answers when `d`'s side failed with `exc`; None when there is no fallback."""
+        fb = self.config.models[model].routing.fallback
+        if not fb.enabled or (isinstance(exc, UpstreamStatus) and exc.status not in fb.on_status):
+            return None
+        if d.route == "student":
+            return router.side("teacher")
+        if fb.teacher_to_student:
+            return router.side("student", self._student_version(model))
+        return None
 
     async def _cascade(self, model: str, router: ModelRouter, d: RouteDecision, payload: dict, headers: dict,
                        endpoint: str, spent: UpstreamTime) -> tuple[Outcome, UpstreamReply, dict, ParsedAnswer | None]:
@@ -297,8 +305,14 @@ class Proxy:
             if answer is None:
                 answer = parse_response(doc) if doc is not None else ParsedAnswer()
             # An escalated answer is the teacher's: the record says "cascade" (a teacher route for the evaluator).
+            # The evaluator reads "fallback" as a teacher answer: a teacher->student fallback is recorded as
+            # "student" (the side that answered) so pairs and teacher spend stay right.
+            if outcome.escalated:
+                record_route = "cascade"
+            else:
+                record_route = "student" if outcome.decision.route == "student" else route
             record = build_record(
-                request_id=rid, model=model, route="cascade" if outcome.escalated else route,
+                request_id=rid, model=model, route=record_route,
                 version=outcome.decision.version, endpoint=endpoint,
                 request=payload, answer=answer, status=200, latency_s=total, ttft_s=ttft_s,
                 slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
@@ -426,7 +440,9 @@ class ProxyEndpoint:
         p = self.proxy
         answer = None
         spent = UpstreamTime()
-        if self.endpoint != "embeddings" and decision.reason != "override" and p.cascades[model].settings.enabled:
+        # Cascade starts at the student: a request routed to the teacher (split, sticky, override) goes straight there.
+        if self.endpoint != "embeddings" and decision.route == "student" and decision.reason != "override" \
+                and p.cascades[model].settings.enabled:
             outcome, reply, doc, answer = await p._cascade(model, router, decision, payload, up_headers, self.endpoint, spent)
             if outcome.escalated:
                 answer = None  # the served answer is the teacher's; parse it later only if needed

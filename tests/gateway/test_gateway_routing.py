@@ -204,3 +204,41 @@ def test_cascade_json_validator(make_config, student):
         assert _routes(g, 1, body_fn=lambda i: chat_body("a")) == ["teacher"]
         assert _routes(g, 1, body_fn=lambda i: chat_body("b")) == ["student"]
         assert metric_value(_metrics(g), "distillgate_escalations_total", model="support") == 1
+
+
+def test_teacher_falls_back_to_the_student_when_enabled(make_config, student, teacher):
+    routing = {"student_percent": 0, "retries": {"max_attempts": 1},
+               "fallback": {"teacher_to_student": True, "breaker": {"failure_threshold": 3, "open_s": 60}}}
+    with GatewayThread(make_config(routing=routing), evaluator=False) as g:
+        teacher.mode = "fail"
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="support", messages=[{"role": "user", "content": "x"}])
+        assert raw.headers["x-distillgate-route"] == "fallback"
+        assert raw.parse().choices[0].message.content == "student says hi"
+        assert student.requests[-1]["model"] == "student-served"
+        teacher.mode = "drop"  # a connect error falls back too
+        assert _routes(g, 1) == ["fallback"]
+        # an overridden route to the teacher falls back as well; then the breaker is open (3 failures)
+        assert _routes(g, 1, headers={**ADMIN, "x-distillgate-route": "teacher"}) == ["fallback"]
+        tried = len(teacher.requests)
+        assert _routes(g, 2) == ["fallback", "fallback"] and len(teacher.requests) == tried  # open: not tried
+        text = _metrics(g)
+        assert metric_value(text, "distillgate_breaker_state", model="support", route="teacher") == 2
+        assert metric_value(text, "distillgate_fallbacks_total", model="support") == 5
+        assert metric_value(text, "distillgate_requests_total", model="support", route="fallback", status="200") == 5
+    with GatewayThread(make_config(routing={**routing, "fallback": {"teacher_to_student": True}}), evaluator=False) as g:
+        teacher.mode, teacher.status = "status", 400  # not in on_status: the client's error passes through
+        assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH).status_code == 400
+    with GatewayThread(make_config(routing={"student_percent": 0, "retries": {"max_attempts": 1}}), evaluator=False) as g:
+        teacher.mode = "fail"  # the default: no fallback from the teacher
+        n_student = len(student.requests)
+        assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH).status_code == 500
+        assert len(student.requests) == n_student
+
+
+def test_cascade_does_not_touch_requests_routed_to_the_teacher(make_config, teacher):
+    config = make_config(routing={"student_percent": 0, "cascade": {"enabled": True}})
+    with GatewayThread(config, evaluator=False) as g:
+        assert _routes(g, 2) == ["teacher", "teacher"]
+        assert all("logprobs" not in r for r in teacher.requests)
+        assert metric_value(_metrics(g), "distillgate_cascade_checks_total", model="support") in (None, 0)

@@ -206,3 +206,17 @@ def test_client_request_ids_are_used_only_when_they_fit_the_store(make_config, s
         _wait(lambda: len(ev.offered) == 4)
         ids = [rec.request_id for rec, _ in ev.offered]
         assert ids[0] == fits and all(i.startswith("dg-") and len(i) <= 64 for i in ids[1:]) and len(set(ids)) == 4
+
+
+def test_teacher_to_student_fallback_is_recorded_as_the_students_answer(make_config, teacher):
+    config = make_config(routing={"student_percent": 0, "retries": {"max_attempts": 1},
+                                  "fallback": {"teacher_to_student": True}})
+    g, box = _gateway(config)
+    with g:
+        teacher.mode = "fail"
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-distillgate-route"] == "fallback"
+        _wait(lambda: len(box["ev"].offered) == 1)
+        record = box["ev"].offered[0][0]
+        # the evaluator reads "fallback" as a teacher answer: this one is the student's
+        assert record.route == "student" and record.version == "base" and record.response_text == "student says hi"
