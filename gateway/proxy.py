@@ -49,6 +49,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
 from gateway.retry_budget import RetryBudget
 from gateway.routing import ModelRouter, RouteDecision
+from gateway.stream_usage import UsageStripper, with_usage
 from gateway.streaming import relay_sse
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream
@@ -466,7 +467,11 @@ class ProxyEndpoint:
     async def _stream(self, t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
         p = self.proxy
         spent = UpstreamTime()
-        outcome, upstream_stream, _ = await p._call(model, router, decision, payload, up_headers, self.endpoint, True, spent)
+        # Usage is asked for on every stream (token metrics, limits, teacher spend) and hidden again from
+        # clients that did not ask; `payload` stays the client's own for the evaluator.
+        asked = with_usage(payload)
+        outcome, upstream_stream, _ = await p._call(model, router, decision, payload if asked is None else asked,
+                                                    up_headers, self.endpoint, True, spent)
         await send({
             "type": "http.response.start",
             "status": 200,
@@ -477,7 +482,8 @@ class ProxyEndpoint:
                 (REQUEST_ID_HEADER, rid.encode()),
             ],
         })
-        stats = await relay_sse(upstream_stream, send, receive, t0, p.metrics.series(model, outcome.route))
+        stats = await relay_sse(upstream_stream, send, receive, t0, p.metrics.series(model, outcome.route),
+                                None if asked is None else UsageStripper())
         if stats.client_disconnected or not stats.completed:
             p.metrics.count_request(model, outcome.route, 499 if stats.client_disconnected else 502)
             if span is not None:

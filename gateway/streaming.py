@@ -2,7 +2,8 @@
 
 A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
 upstream connection so the model stops generating. Chunks are kept (a list append) only so the final
-text and usage can be assembled after the stream has ended.
+text and usage can be assembled after the stream has ended. With a `strip` (gateway.stream_usage), the
+usage the gateway asked for on the client's behalf is removed from what the client receives.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from gateway.errors import UpstreamError, error_body
 from gateway.metrics import RouteSeries
+from gateway.stream_usage import UsageStripper
 from gateway.upstreams import UpstreamStream
 
 
@@ -35,7 +37,8 @@ async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: Strea
             return
 
 
-async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries) -> StreamStats:
+async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries,
+                    strip: UsageStripper | None = None) -> StreamStats:
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
@@ -61,7 +64,13 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 gap_obs(now - last)
             last = now
             keep(chunk)
+            if strip is not None:
+                chunk = strip.feed(chunk)
+                if not chunk:
+                    continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if strip is not None and (tail := strip.flush()):
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
         stats.completed = True
     except asyncio.CancelledError:
         if not stats.client_disconnected:
@@ -70,8 +79,10 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
     except UpstreamError as exc:
         # Headers are gone already: tell the client in-band, as OpenAI does, then end the stream.
         stats.error = exc.message
-        err = error_body(exc.message, exc.type, None, exc.code)
-        await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n", "more_body": True})
+        err = b"data: " + error_body(exc.message, exc.type, None, exc.code) + b"\n\n"
+        if strip is not None:
+            err = strip.flush() + err  # what the client would have had of an unfinished event
+        await send({"type": "http.response.body", "body": err, "more_body": True})
     finally:
         stream.close()
         if not watcher.done():

@@ -17,6 +17,8 @@ Behaviour (attributes, change them while it runs):
   delay_s            wait before answering (slow upstream; also before stream headers)
   stream_delay_s     wait between SSE chunks
   stream_cut_after   drop the connection after this many SSE chunks (a mid-stream failure)
+  created            fixed `created` timestamp (None: now), so two answers can be compared byte for byte
+  null_usage         as OpenAI does under include_usage: every chunk but the usage one gets "usage": null
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
 `stream_disconnects` is incremented and the `stream_closed` event is set.
@@ -68,6 +70,8 @@ class FakeOpenAI:
         self.mode = mode
         self.status = status
         self.stream_cut_after: int | None = None
+        self.created: int | None = None
+        self.null_usage = False
         self.fail_next = 0
         self.fail_mode = "fail"
         self.requests: list[dict[str, Any]] = []
@@ -185,7 +189,7 @@ class FakeOpenAI:
         tokens = self._tokens(text)
         n_prompt = len(prompt.split())
         usage = {"prompt_tokens": n_prompt, "completion_tokens": len(tokens), "total_tokens": n_prompt + len(tokens)}
-        base = {"id": id_, "created": int(time.time()), "model": body.get("model")}
+        base = {"id": id_, "created": int(time.time()) if self.created is None else self.created, "model": body.get("model")}
         return text, tokens, self._logprob_for(prompt), usage, base
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -240,6 +244,8 @@ class FakeOpenAI:
         await resp.prepare(request)
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
+            if self.null_usage:
+                chunks = [{**c, "usage": None} for c in chunks]
             chunks = chunks + [{**base, "object": obj, "choices": [], "usage": usage}]
         try:
             for i, chunk in enumerate(chunks):

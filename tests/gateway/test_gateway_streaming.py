@@ -2,13 +2,26 @@
 the upstream, fallback before the first byte."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
+import pytest
 
 from conftest import USER_KEY, chat_body, metric_value
 from fakes.gateway_thread import GatewayThread
 
 AUTH = {"authorization": f"Bearer {USER_KEY}"}
+
+
+def _metrics_once(g: GatewayThread, name: str, value: float, **labels: str) -> str:
+    """/metrics once `name{labels}` reached `value`: metrics are recorded after the client has the last byte."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        text = httpx.get(g.url + "/metrics").text
+        if metric_value(text, name, **labels) == value or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
 
 
 def test_stream_with_usage_and_done(make_config, student):
@@ -26,11 +39,13 @@ def test_stream_with_usage_and_done(make_config, student):
             assert r.headers["x-distillgate-route"] == "student" and r.headers["x-request-id"]
             raw = b"".join(r.iter_raw())
         assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"[DONE]") == 1
-        assert b'"usage"' not in raw  # not asked for: not added
-        text = httpx.get(g.url + "/metrics").text
+        assert b'"usage"' not in raw  # not asked for: not shown ...
+        assert student.requests[-1]["stream_options"] == {"include_usage": True}  # ... but asked for, and counted
+        text = _metrics_once(g, "distillgate_requests_total", 2, model="support", route="student", status="200")
         assert metric_value(text, "distillgate_ttft_seconds_count", model="support", route="student") == 2
         assert metric_value(text, "distillgate_inter_token_seconds_count", model="support", route="student") >= 4
-        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
+        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 6
+        assert metric_value(text, "distillgate_prompt_tokens_total", model="support", route="student") == 3
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 2
 
 
@@ -84,3 +99,38 @@ def test_mid_stream_upstream_failure_is_reported_in_band(make_config, student):
         assert len(events) == 3 and b'"error"' in events[-1] and b"[DONE]" not in raw
         text = httpx.get(g.url + "/metrics").text
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="502") == 1
+
+
+@pytest.mark.parametrize(("null_usage", "delay_s"), [(False, 0.0), (True, 0.005)])
+def test_usage_the_gateway_asked_for_is_hidden_byte_for_byte(make_config, student, null_usage, delay_s):
+    """The client gets exactly the bytes the upstream sends when usage is not asked for (OpenAI's
+    "usage": null on every chunk included), while token metrics count the stream."""
+    student.created, student.null_usage, student.stream_delay_s = 1700000000, null_usage, delay_s
+    student.answer = "a quoted \"usage\": null b"
+    bodies = [("/chat/completions", chat_body("one two", stream=True)),
+              ("/completions", {"model": "support", "prompt": "one two", "stream": True,
+                                "stream_options": {"include_usage": False}})]
+    with GatewayThread(make_config(), evaluator=False) as g:
+        for path, body in bodies:
+            with httpx.stream("POST", g.url + "/v1" + path, json=body, headers=AUTH) as r:
+                via_gateway = b"".join(r.iter_raw())
+            assert student.requests[-1]["stream_options"]["include_usage"] is True
+            direct = httpx.post(student.url + path, json={**body, "model": "student-served"}).content
+            assert b'"usage"' not in direct.replace(b'\\"usage\\"', b"")  # the fake adds none unasked
+            assert via_gateway == direct
+        text = _metrics_once(g, "distillgate_requests_total", 2, model="support", route="student", status="200")
+        assert metric_value(text, "distillgate_prompt_tokens_total", model="support", route="student") == 4
+        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 10  # 5 words, twice
+
+
+def test_streaming_request_on_a_cascade_model_is_a_plain_student_stream(make_config, student):
+    student.logprob = -5.0  # a non-streaming request would escalate
+    with GatewayThread(make_config(routing={"cascade": {"enabled": True}}), evaluator=False) as g:
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY)
+        with client.chat.completions.with_streaming_response.create(
+                model="support", messages=[{"role": "user", "content": "x"}], stream=True) as r:
+            assert r.headers["x-distillgate-route"] == "student"
+            text = "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices)
+        assert text == "student says hi"
+        assert "logprobs" not in student.requests[-1]
+        assert metric_value(httpx.get(g.url + "/metrics").text, "distillgate_cascade_checks_total", model="support") in (None, 0)

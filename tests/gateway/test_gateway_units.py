@@ -129,3 +129,37 @@ def test_parse_sse_split_across_reads():
     chunks = [stream[i:i + 17] for i in range(0, len(stream), 17)]
     answer = parse_sse(chunks)
     assert (answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens) == ("hello", "stop", 2, 2)
+
+
+def test_with_usage_asks_only_when_the_client_did_not():
+    from gateway.stream_usage import with_usage
+
+    body = {"model": "m", "stream": True}
+    assert with_usage(body)["stream_options"] == {"include_usage": True} and "stream_options" not in body
+    kept = with_usage({"stream_options": {"include_usage": False, "continuous_usage_stats": False}})
+    assert kept["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
+    assert with_usage({"stream_options": {"include_usage": True}}) is None
+    assert with_usage({"stream_options": "bad"}) is None  # malformed: the upstream's 400 answers the client
+    assert with_usage({"stream_options": {"include_usage": "yes"}}) is None
+
+
+def test_usage_stripper_removes_only_what_include_usage_added_at_any_read_boundary():
+    import orjson
+
+    from gateway.stream_usage import UsageStripper
+
+    content = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"x \\"usage\\":null,y"}}],"usage":null}\n\n'
+    spaced = b'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "z"}}], "usage": null}\r\n\r\n'
+    counted = b'data: {"id":"c","choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+    final = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+    plain = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"usage"}}]}\n\n: keep-alive\n\n'
+    stream = content + spaced + counted + plain + final + b"data: [DONE]\n\n"
+    expected = (content.replace(b',"usage":null}\n', b"}\n") + spaced.replace(b', "usage": null', b"")
+                + b'data: {"id":"c","choices":[{"index":0,"delta":{}}]}\n\n' + plain + b"data: [DONE]\n\n")
+    assert orjson.loads(expected.split(b"\n\n")[0][6:])["choices"][0]["delta"]["content"] == 'x "usage":null,y'
+    for i in range(0, len(stream), 7):
+        for j in range(i, len(stream), 23):
+            s = UsageStripper()
+            assert s.feed(stream[:i]) + s.feed(stream[i:j]) + s.feed(stream[j:]) + s.flush() == expected, (i, j)
+    s = UsageStripper()  # an unfinished last event is passed on as it is when the upstream stops
+    assert s.feed(b"data: {\"a\":1}\n\ndata: {\"b\"") == b"data: {\"a\":1}\n\n" and s.flush() == b"data: {\"b\""
