@@ -34,11 +34,15 @@ class CascadePolicy:
         k = self.settings.top_logprobs
         if endpoint == "chat":
             out["logprobs"] = True
-            if k or payload.get("top_logprobs"):
-                out["top_logprobs"] = max(k, payload.get("top_logprobs") or 0)
+            client = payload.get("top_logprobs")
+            if _is_int(client):
+                out["top_logprobs"] = max(k, client)
+            elif client is None and k:
+                out["top_logprobs"] = k
+            # else: a malformed top_logprobs is forwarded as sent, so the upstream's 400 answers it
         else:
             client = payload.get("logprobs")
-            out["logprobs"] = max(k, client if isinstance(client, int) and not isinstance(client, bool) else 0)
+            out["logprobs"] = max(k, client if _is_int(client) else 0)
         return out
 
     def check(self, answer: ParsedAnswer) -> CascadeVerdict:
@@ -69,3 +73,7 @@ class CascadePolicy:
                 choice["logprobs"] = None
                 changed = True
         return changed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

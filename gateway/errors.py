@@ -111,14 +111,14 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamStatus(UpstreamError):
-    """The upstream answered with an error status; its body is passed through unchanged."""
+    """The upstream answered with an error status; an OpenAI error body is passed through unchanged, any
+    other body (an HTML page, vLLM's flat {"message": ...}, nothing) is wrapped into one."""
 
     def __init__(self, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
-        self.raw = body
-        self.content_type = content_type
         self.retryable = status >= 500 or status == 429
+        self.raw, self.content_type = _openai_error(status, body, content_type)
 
     def body(self) -> bytes:
         return self.raw
@@ -132,6 +132,20 @@ class ServiceUnavailable(GatewayError):
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def _openai_error(status: int, body: bytes, content_type: bytes) -> tuple[bytes, bytes]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return body, content_type
+    message = doc.get("message") if isinstance(doc, dict) else None
+    if not isinstance(message, str) or not message:
+        message = f"upstream answered {status}"
+    type_ = "invalid_request_error" if status < 500 else "upstream_error"
+    return error_body(message, type_, None, None), b"application/json"
 
 
 def error_response_parts(exc: BaseException) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

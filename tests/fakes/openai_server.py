@@ -11,7 +11,8 @@ Behaviour (attributes, change them while it runs):
   logprob            per-token logprob (float, or callable(prompt) -> float); top_logprobs alternatives
                      get logprob - 1, - 2, ...
   mode               "normal" | "fail" (500) | "drop" (close the connection, no response) |
-                     "garbage" (200 with a non-JSON body) | "status" (`status` with OpenAI error JSON)
+                     "garbage" (200 with a non-JSON body) | "status" (`status` with OpenAI error JSON) |
+                     "status_html" (`status` with an HTML page, as a proxy in front of a server may send)
   status             the status for mode "status" (e.g. 400, 404, 429)
   fail_next          the next N requests behave as `fail_mode` (default "fail"), then `mode` again
   delay_s            wait before answering (slow upstream; also before stream headers)
@@ -23,6 +24,8 @@ Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reas
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
 `stream_disconnects` is incremented and the `stream_closed` event is set.
 Tokens are whitespace-separated words: usage.completion_tokens == len(answer.split()).
+Like vLLM, an integer `max_tokens` < 1, `n` outside 1..128 or a `top_logprobs` that is not an integer in
+0..20 is answered 400 with OpenAI error JSON.
 """
 from __future__ import annotations
 
@@ -168,6 +171,15 @@ class FakeOpenAI:
             return web.Response(body=b"<html>certainly not json", content_type="application/json"), parsed
         if mode == "status":
             return _error(self.status, f"fake upstream says {self.status}", "invalid_request_error"), parsed
+        if mode == "status_html":
+            return web.Response(status=self.status, body=b"<html>bad gateway</html>", content_type="text/html"), parsed
+        for field, low, high in (("max_tokens", 1, None), ("n", 1, 128), ("top_logprobs", 0, 20)):
+            value = parsed.get(field) if isinstance(parsed, dict) else None
+            if field == "top_logprobs" and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return _error(400, "top_logprobs must be an integer", "invalid_request_error"), parsed
+            if isinstance(value, int) and not isinstance(value, bool) and (value < low or (high and value > high)):
+                return _error(400, f"{field} must be at least {low}" + (f" and at most {high}" if high else ""),
+                              "invalid_request_error"), parsed
         return None, parsed
 
     def _tokens(self, text: str) -> list[str]:

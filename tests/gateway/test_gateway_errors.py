@@ -122,6 +122,33 @@ def test_upstream_4xx_passes_through(gw, student):
         client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
 
 
+def test_bad_values_get_openai_errors_never_500(gw, student):
+    url = gw.url + "/v1/chat/completions"
+    _error(httpx.post(url, content=b'{"model": "support", "messages": "\xff\xfe"}', headers=AUTH), 400, "invalid_request")
+    _error(httpx.post(url, content=b'{"model": "\\ud800"}', headers=AUTH), 400)  # a lone surrogate
+    _error(httpx.post(url, content=b'{"model": "support", "n": 1e400}', headers=AUTH), 400)
+    _error(httpx.post(url, content=b"[" * 5000 + b"]" * 5000, headers=AUTH), 413)
+    _error(httpx.post(url, content=b"[" * 600 + b"]" * 600, headers=AUTH), 400)  # nested too deep / not an object
+    for model in (7, ["support"], {"name": "support"}, None, True):
+        assert _error(httpx.post(url, json=chat_body(model=model), headers=AUTH), 400)["param"] == "model"
+    # values the upstream rejects are forwarded as sent and its 400 reaches the client unchanged
+    for extra in ({"n": 10**12}, {"max_tokens": -5}):
+        err = _error(httpx.post(url, json=chat_body(**extra), headers=AUTH), 400)
+        assert err["message"].startswith(next(iter(extra))) and student.requests[-1][next(iter(extra))] == extra[next(iter(extra))]
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=USER_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be at least 1"):
+        client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}], max_tokens=-1)
+
+
+def test_upstream_error_without_openai_json_is_wrapped(gw, student):
+    student.mode, student.status = "status_html", 404
+    r = httpx.post(gw.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert r.headers["content-type"].startswith("application/json")
+    assert _error(r, 404)["message"] == "upstream answered 404"
+    student.status = 503  # fallback is off in this gateway: the 503 itself reaches the client, as JSON
+    assert _error(httpx.post(gw.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH), 503)["type"] == "upstream_error"
+
+
 def test_405_on_get_of_a_post_route(gw):
     _error(httpx.get(gw.url + "/v1/chat/completions", headers=AUTH), 405)
 
@@ -139,15 +166,21 @@ bodies = st.fixed_dictionaries(
         "stream": st.booleans() | json_values,
         "max_tokens": json_values,
         "logprobs": json_values,
+        "top_logprobs": st.integers(-3, 30) | json_values,
+        "n": st.integers(-2, 2**40) | json_values,
         "stream_options": json_values,
         "user": json_values,
     },
 )
 
 
-def test_generated_bodies_never_500(gw):
+def test_generated_bodies_never_500(make_config):
+    # `support` runs the cascade (it rewrites logprobs fields), `other` the plain path; both are generated.
+    config = make_config({"server": {"max_body_bytes": 2048}, "auth": {"keys": [{"name": "user", "sha256": sha(USER_KEY)}]}},
+                         routing={"fallback": {"enabled": False}, "retries": {"max_attempts": 1},
+                                  "cascade": {"enabled": True, "top_logprobs": 2}})
     seen: set[int] = set()
-    with httpx.Client(base_url=gw.url, headers=AUTH, timeout=10) as client:
+    with GatewayThread(config, evaluator=False) as gw, httpx.Client(base_url=gw.url, headers=AUTH, timeout=10) as client:
 
         @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(body=bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
@@ -161,10 +194,12 @@ def test_generated_bodies_never_500(gw):
         check()
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(raw=st.binary(max_size=200))
+        @given(raw=st.binary(max_size=200) | st.builds(lambda b: b'{"model": "support", "x": "' + b + b'"}', st.binary(max_size=20)))
         def check_bytes(raw):
             r = client.post("/v1/chat/completions", content=raw)
             assert r.status_code < 500, (raw, r.text)
+            if r.status_code != 200:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
         check_bytes()
     assert 200 in seen and 400 in seen

@@ -163,3 +163,12 @@ def test_usage_stripper_removes_only_what_include_usage_added_at_any_read_bounda
             assert s.feed(stream[:i]) + s.feed(stream[i:j]) + s.feed(stream[j:]) + s.flush() == expected, (i, j)
     s = UsageStripper()  # an unfinished last event is passed on as it is when the upstream stops
     assert s.feed(b"data: {\"a\":1}\n\ndata: {\"b\"") == b"data: {\"a\":1}\n\n" and s.flush() == b"data: {\"b\""
+
+
+def test_cascade_student_payload_forwards_malformed_logprob_fields_as_sent():
+    policy = CascadePolicy(CascadeSettings(enabled=True, top_logprobs=2))
+    assert policy.student_payload({"top_logprobs": "5"}, "chat") == {"logprobs": True, "top_logprobs": "5"}
+    assert policy.student_payload({"top_logprobs": [1]}, "chat")["top_logprobs"] == [1]
+    assert policy.student_payload({"top_logprobs": 7}, "chat")["top_logprobs"] == 7
+    assert policy.student_payload({}, "chat")["top_logprobs"] == 2
+    assert policy.student_payload({"logprobs": "x"}, "completions")["logprobs"] == 2
