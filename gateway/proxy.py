@@ -264,7 +264,16 @@ class Proxy:
         teacher = router.side("teacher")
         fwd = dict(payload)
         fwd["model"] = teacher.upstream_model
-        t_reply, t_doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, False, spent)
+        try:
+            t_reply, t_doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, False, spent)
+        except UpstreamError as exc:
+            if self._fallback_side(model, router, teacher, exc) is None:
+                raise
+            # teacher_to_student: the escalation failed, so the student's own answer is served after all.
+            self.metrics.fallbacks.labels(model).inc()
+            if policy.strip_logprobs(doc, payload):
+                reply.body = orjson.dumps(doc)
+            return Outcome("fallback", outcome.decision, confidence=verdict.confidence), reply, doc, answer
         out = Outcome("teacher", teacher, escalated=True, confidence=verdict.confidence, student_answer=answer)
         return out, t_reply, t_doc, answer
 

@@ -242,3 +242,21 @@ def test_cascade_does_not_touch_requests_routed_to_the_teacher(make_config, teac
         assert _routes(g, 2) == ["teacher", "teacher"]
         assert all("logprobs" not in r for r in teacher.requests)
         assert metric_value(_metrics(g), "distillgate_cascade_checks_total", model="support") in (None, 0)
+
+
+def test_failed_escalation_serves_the_students_answer_with_teacher_to_student(make_config, student, teacher):
+    student.logprob = -3.0  # every answer escalates
+    routing = {"cascade": {"enabled": True}, "retries": {"max_attempts": 1}, "fallback": {"teacher_to_student": True}}
+    with GatewayThread(make_config(routing=routing), evaluator=False) as g:
+        teacher.mode = "fail"
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="support", messages=[{"role": "user", "content": "x"}])
+        assert raw.headers["x-distillgate-route"] == "fallback"
+        answer = raw.parse().choices[0]
+        assert answer.message.content == "student says hi" and answer.logprobs is None
+        assert len(student.requests) == 1 and len(teacher.requests) == 1
+        text = _metrics(g)
+        assert metric_value(text, "distillgate_escalations_total", model="support") == 1
+        assert metric_value(text, "distillgate_fallbacks_total", model="support") == 1
+    with GatewayThread(make_config(routing={**routing, "fallback": {}}), evaluator=False) as g:
+        assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH).status_code == 500
