@@ -88,7 +88,7 @@ class StickySettings(_Strict):
 
 
 class CascadeSettings(_Strict):
-    enabled: bool = False
+    enabled: bool = Field(False, description="non-streaming requests routed to the student; streams are plain student streams")
     min_mean_logprob: float | None = Field(-1.0, description="escalate if mean token logprob is below")
     min_token_logprob: float | None = Field(None, description="escalate if any token logprob is below")
     validator: Literal["none", "json"] = "none"
