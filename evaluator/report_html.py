@@ -42,8 +42,9 @@ def agreement_plot(points: list[dict[str, Any]]) -> str:
     fig, ax = plt.subplots(figsize=(9, 3))
     xs = [dt.datetime.fromtimestamp((p["start"] + p["end"]) / 2, dt.timezone.utc) for p in points]
     ratios = [p["ratio"] for p in points]
-    lower = [p["ratio"] - p["lower"] for p in points]
-    upper = [p["upper"] - p["ratio"] for p in points]
+    # Clamped at 0: float rounding can put a Wilson bound a hair past the ratio near 0 or 1.
+    lower = [max(0.0, p["ratio"] - p["lower"]) for p in points]
+    upper = [max(0.0, p["upper"] - p["ratio"]) for p in points]
     ax.errorbar(xs, ratios, yerr=[lower, upper], fmt="o-", capsize=3)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("agreement (Wilson interval)")
