@@ -493,7 +493,7 @@ class ProxyEndpoint:
         })
         stats = await relay_sse(upstream_stream, send, receive, t0, p.metrics.series(model, outcome.route),
                                 None if asked is None else UsageStripper())
-        if stats.client_disconnected or not stats.completed:
+        if not stats.completed:
             p.metrics.count_request(model, outcome.route, 499 if stats.client_disconnected else 502)
             if span is not None:
                 Tracing.finish(span, response_model=outcome.decision.upstream_model, route=outcome.route,

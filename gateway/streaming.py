@@ -22,7 +22,7 @@ from gateway.upstreams import UpstreamStream
 class StreamStats:
     ttft_s: float | None = None
     upstream_wait_s: float = 0.0
-    completed: bool = False
+    completed: bool = False  # the client has the whole answer (up to `data: [DONE]`)
     client_disconnected: bool = False
     error: str | None = None
     chunks: list[bytes] = field(default_factory=list)
@@ -64,11 +64,16 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 gap_obs(now - last)
             last = now
             keep(chunk)
+            done = b"[DONE]" in chunk[-16:]
             if strip is not None:
                 chunk = strip.feed(chunk)
                 if not chunk:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if done:
+                # Clients (the openai SDK among them) may hang up right after [DONE], before the upstream's
+                # EOF: the answer is complete all the same.
+                stats.completed = True
         if strip is not None and (tail := strip.flush()):
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         stats.completed = True
@@ -77,12 +82,13 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
             raise
         asyncio.current_task().uncancel()
     except UpstreamError as exc:
-        # Headers are gone already: tell the client in-band, as OpenAI does, then end the stream.
         stats.error = exc.message
-        err = b"data: " + error_body(exc.message, exc.type, None, exc.code) + b"\n\n"
-        if strip is not None:
-            err = strip.flush() + err  # what the client would have had of an unfinished event
-        await send({"type": "http.response.body", "body": err, "more_body": True})
+        if not stats.completed:  # after [DONE] the client has its whole answer: nothing to add
+            # Headers are gone already: tell the client in-band, as OpenAI does, then end the stream.
+            err = b"data: " + error_body(exc.message, exc.type, None, exc.code) + b"\n\n"
+            if strip is not None:
+                err = strip.flush() + err  # what the client would have had of an unfinished event
+            await send({"type": "http.response.body", "body": err, "more_body": True})
     finally:
         stream.close()
         if not watcher.done():

@@ -18,6 +18,7 @@ Behaviour (attributes, change them while it runs):
   delay_s            wait before answering (slow upstream; also before stream headers)
   stream_delay_s     wait between SSE chunks
   stream_cut_after   drop the connection after this many SSE chunks (a mid-stream failure)
+  linger_after_done_s  keep the stream open this long after `data: [DONE]` before ending it
   created            fixed `created` timestamp (None: now), so two answers can be compared byte for byte
   null_usage         as OpenAI does under include_usage: every chunk but the usage one gets "usage": null
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
@@ -74,6 +75,7 @@ class FakeOpenAI:
         self.status = status
         self.stream_cut_after: int | None = None
         self.created: int | None = None
+        self.linger_after_done_s = 0.0
         self.null_usage = False
         self.fail_next = 0
         self.fail_mode = "fail"
@@ -268,6 +270,11 @@ class FakeOpenAI:
                 if self.stream_delay_s:
                     await asyncio.sleep(self.stream_delay_s)
             await resp.write(b"data: [DONE]\n\n")
+            linger_until = time.monotonic() + self.linger_after_done_s
+            while time.monotonic() < linger_until:
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("client went away after [DONE]")
+                await asyncio.sleep(0.02)
             await resp.write_eof()
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self.stream_disconnects += 1

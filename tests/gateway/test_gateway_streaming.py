@@ -134,3 +134,19 @@ def test_streaming_request_on_a_cascade_model_is_a_plain_student_stream(make_con
         assert text == "student says hi"
         assert "logprobs" not in student.requests[-1]
         assert metric_value(httpx.get(g.url + "/metrics").text, "distillgate_cascade_checks_total", model="support") in (None, 0)
+
+
+def test_client_hanging_up_right_after_done_is_a_complete_answer(make_config, student):
+    student.linger_after_done_s = 30.0  # the upstream's end of stream comes long after [DONE]
+    with GatewayThread(make_config(), evaluator=False) as g:
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            raw = b""
+            for part in r.iter_raw():
+                raw += part
+                if raw.endswith(b"data: [DONE]\n\n"):
+                    break  # hang up, as the openai SDK may, without waiting for the end of the response
+        assert student.stream_closed.wait(10), "the upstream stream was not closed after the client left"
+        text = _metrics_once(g, "distillgate_requests_total", 1, model="support", route="student", status="200")
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 1
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="499") is None
+        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
