@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from functools import lru_cache
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,11 +27,17 @@ class AgreementSnapshot:
     upper: float | None
 
 
+@lru_cache(maxsize=16)
+def _z(confidence: float) -> float:
+    # scipy's ppf costs ~50 us a call; gauges are re-exported for every scored pair.
+    return float(norm.ppf(1 - (1 - confidence) / 2))
+
+
 def wilson_interval(agreed: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (well-behaved at small n and at 0 or 1)."""
     if n <= 0:
         raise ValueError("wilson_interval needs n > 0")
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    z = _z(confidence)
     p = agreed / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -62,9 +69,13 @@ class RollingAgreement:
         self.settings = settings
         self._windows: dict[Key, _Window] = {}
 
-    def add(self, model: str, version: str, slice: str, agreed: bool) -> list[Key]:
-        """Records a pair; returns the keys whose windows changed (for gauge export)."""
-        keys = list(dict.fromkeys([(model, version, slice), (model, version, ALL), (model, ALL, slice), (model, ALL, ALL)]))
+    def add(self, model: str, version: str, slice: str, agreed: bool, *, model_wide: bool = True) -> list[Key]:
+        """Records a pair; returns the keys whose windows changed (for gauge export). model_wide=False keeps
+        it out of the ALL-versions windows (a shadow-stage candidate no user saw)."""
+        keys = [(model, version, slice), (model, version, ALL)]
+        if model_wide:
+            keys += [(model, ALL, slice), (model, ALL, ALL)]
+        keys = list(dict.fromkeys(keys))
         for key in keys:
             window = self._windows.get(key)
             if window is None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.sparse import csr_matrix, hstack
@@ -204,26 +206,38 @@ class DriftDetector:
 
 class _ModelWindows:
     def __init__(self, settings: DriftSettings) -> None:
-        self.reference: list[Observation] = []
+        # Items are Observations or raw items that `to_observation` turns into one off the event loop.
+        self.reference: list[Any] = []
         self.reference_fixed = False  # True once set_reference loaded a distillation reference
-        self.current: deque[Observation] = deque(maxlen=settings.window_size)
+        self.current: deque[Any] = deque(maxlen=settings.window_size)
         self.since_last = 0
         self.computing = False
+        self.last_started = -math.inf  # monotonic time the latest comparison began
         self.snapshot = DriftSnapshot(n=0)
         # Guards the windows between the observing (event loop) thread and the computing thread.
         self.lock = threading.Lock()
 
 
 class DriftMonitor:
-    """Per-model windows fed by `observe` (O(1)); comparisons run in one background thread every_n requests."""
+    """Per-model windows fed by `observe` (O(1): an append, no feature work); comparisons run in one
+    background thread after every_n new requests, at most once per min_interval_s per model.
+
+    `to_observation` turns an observed item into an Observation in the drift thread, so callers on the
+    event loop hand over what they already have (e.g. an ExchangeRecord) and pay nothing for features.
+    """
 
     def __init__(self, settings: DriftSettings, label_of: Callable[[str], LabelOf | None] = lambda model: None,
-                 on_result: Callable[[str, DriftSnapshot], None] | None = None) -> None:
+                 on_result: Callable[[str, DriftSnapshot], None] | None = None,
+                 to_observation: Callable[[Any], Observation] | None = None) -> None:
         self.settings = settings
         self._label_of = label_of
         self._on_result = on_result
+        self._to_observation = to_observation
         self._models: dict[str, _ModelWindows] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillgate-drift")
+        # Set to cut min_interval_s waits short: wait_idle (results now) and close (no more results).
+        self._hurry = threading.Event()
+        self._closing = False
 
     def _windows(self, model: str) -> _ModelWindows:
         windows = self._models.get(model)
@@ -243,30 +257,51 @@ class DriftMonitor:
             w.reference = [Observation(p, a) for p, a in zip(prompts, answers)]
             w.reference_fixed = True
 
-    def observe(self, model: str, observation: Observation) -> None:
-        w = self._windows(model)
+    def observe(self, model: str, item: Any) -> None:
+        """An Observation, or anything `to_observation` accepts. O(1)."""
+        w = self._models.get(model) or self._windows(model)
         with w.lock:
             if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
-                w.reference.append(observation)
+                w.reference.append(item)
                 return
-            w.current.append(observation)
+            w.current.append(item)
             w.since_last += 1
-            self._maybe_submit(model, w)
+            if w.since_last >= self.settings.every_n and not w.computing:
+                self._maybe_submit(model, w)
 
     def _maybe_submit(self, model: str, w: _ModelWindows) -> None:
         """Called with w.lock held. One comparison at a time per model; a skipped turn runs when it ends."""
         if w.since_last >= self.settings.every_n and len(w.current) >= self.settings.window_size and not w.computing:
             try:
-                self._executor.submit(self._compute, model, list(w.reference), list(w.current))
+                self._executor.submit(self._compute, model)
             except RuntimeError:  # closed: the evaluator is shutting down
                 return
-            w.since_last = 0
             w.computing = True
 
-    def _compute(self, model: str, reference: list[Observation], current: list[Observation]) -> None:
+    def _observations(self, items: Sequence[Any]) -> list[Observation]:
+        convert = self._to_observation
+        if convert is None:
+            return list(items)
+        return [item if isinstance(item, Observation) else convert(item) for item in items]
+
+    def _compute(self, model: str) -> None:
         w = self._models[model]
         try:
-            snapshot = DriftDetector(self.settings, self._label_of(model)).compare(reference, current)
+            # Throttle by time: at high request rates every_n alone would mean many comparisons a second.
+            wait = w.last_started + self.settings.min_interval_s - time.monotonic()
+            if wait > 0:
+                self._hurry.wait(wait)
+            if self._closing:
+                return
+            with w.lock:  # copy now, not at submission, so the comparison sees the newest window
+                reference, current = list(w.reference), list(w.current)
+                w.since_last = 0
+                w.last_started = time.monotonic()
+            limit = self.settings.max_reference_sample
+            if len(reference) > limit:  # a large distillation reference: a fixed, seeded sample of it
+                reference = random.Random(0).sample(reference, limit)
+            snapshot = DriftDetector(self.settings, self._label_of(model)).compare(
+                self._observations(reference), self._observations(current))
             w.snapshot = snapshot
             if self._on_result is not None:
                 self._on_result(model, snapshot)
@@ -275,8 +310,10 @@ class DriftMonitor:
         finally:
             with w.lock:
                 w.computing = False
-                # Requests that arrived meanwhile were not compared yet: do it now rather than at the next request.
-                self._maybe_submit(model, w)
+                # Requests that arrived meanwhile were not compared yet: do it (after the interval) rather
+                # than at the next request.
+                if not self._closing:
+                    self._maybe_submit(model, w)
 
     def snapshot(self, model: str) -> DriftSnapshot:
         w = self._models.get(model)
@@ -287,13 +324,20 @@ class DriftMonitor:
         return w.snapshot
 
     def wait_idle(self, timeout: float | None = None) -> None:
-        """Blocks until no comparison is running or due (tests, reports)."""
+        """Runs any due comparison now (min_interval_s waived) and blocks until none is running or due
+        (tests, reports)."""
         deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
-        while time.monotonic() < deadline:
-            self._executor.submit(lambda: None).result(max(0.0, deadline - time.monotonic()))
-            if not any(w.computing for w in self._models.values()):
-                return
+        self._hurry.set()
+        try:
+            while time.monotonic() < deadline:
+                self._executor.submit(lambda: None).result(max(0.0, deadline - time.monotonic()))
+                if not any(w.computing for w in self._models.values()):
+                    return
+        finally:
+            self._hurry.clear()
         raise TimeoutError("drift computations still running")
 
     def close(self) -> None:
+        self._closing = True
+        self._hurry.set()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -5,9 +5,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTES = ("student", "teacher", "fallback", "cascade")
+ROUTES = ("student", "teacher", "fallback", "cascade", "candidate")
 # Routes whose answer the teacher generated: fallback (the student failed) and cascade (escalated).
 TEACHER_ROUTES = frozenset({"teacher", "fallback", "cascade"})
+# A version in the promotion "shadow" stage answering a sampled request that no user sees (never served).
+CANDIDATE_ROUTE = "candidate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +18,7 @@ class ExchangeRecord:
 
     request_id: str
     model: str  # logical model name from config
-    route: str  # which upstream answered: student | teacher | fallback | cascade
+    route: str  # which upstream answered: student | teacher | fallback | cascade | candidate (shadow stage)
     version: str  # student model version id ("base" before any re-distillation), or the teacher's model name
     endpoint: str  # "chat" | "completions"
     request: dict[str, Any]  # the request body as the client sent it (parsed JSON)
@@ -50,6 +52,11 @@ class ShadowPair:
     @property
     def teacher(self) -> ExchangeRecord:
         return self.served if self.served.route in TEACHER_ROUTES else self.shadow
+
+    @property
+    def is_candidate(self) -> bool:
+        """A shadow-stage version against the teacher: zero user exposure, kept out of model-wide numbers."""
+        return self.student.route == CANDIDATE_ROUTE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,31 @@
 """The Evaluator: what the gateway talks to. Composes sampling, shadow workers, scoring, the pair store,
-rolling agreement, drift and spend, and exports their metrics."""
+rolling agreement, drift and spend, and exports their metrics.
+
+What the gateway injects:
+- ``call_other(served, *, target_version=None) -> ExchangeRecord``: asks the side that did NOT answer
+  (teacher for a student answer, student for a teacher answer). With ``target_version`` it asks the
+  student at that version (its LoRA adapter) instead: the evaluator passes it only for shadow-stage
+  candidates, so a plain ``call_other(served)`` is enough when ``shadow_version`` is not given.
+- ``shadow_version(model) -> str | None`` (optional): the version id in the promotion "shadow" stage, if
+  any (the gateway reads its registry poller's snapshot; a dict lookup). For each sampled request of such
+  a model the worker also asks the candidate and scores it against the teacher's answer: a pair stored
+  and counted under version = the candidate id (route "candidate"), so ``agreement(model, version=id)``
+  fills up with no user ever seeing the candidate. Candidate pairs stay out of the model-wide
+  (all-versions) agreement.
+
+Hot path: ``observe`` and ``offer`` only append/count (O(1)); features, drift and store writes happen
+in the drift and store threads, throttled (DriftSettings.min_interval_s) and sampled
+(StoreSettings.served_sample_rate)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -15,7 +33,7 @@ from evaluator.agreement import ALL, AgreementSnapshot, RollingAgreement
 from evaluator.drift import DriftMonitor, DriftSnapshot, Observation
 from evaluator.features import mean_logprob
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import TEACHER_ROUTES, ExchangeRecord, Feedback, ShadowPair
+from evaluator.records import CANDIDATE_ROUTE, TEACHER_ROUTES, ExchangeRecord, Feedback, ShadowPair
 from evaluator.scorers import JudgeCall, LabelScorer, Scorer, build_scorer, request_text
 from evaluator.settings import EvaluatorSettings, ModelEvalSettings
 from evaluator.shadow import Decision, Sampler, ShadowQueue
@@ -24,16 +42,37 @@ from evaluator.store import PairStore
 
 log = logging.getLogger(__name__)
 
-CallOther = Callable[[ExchangeRecord], Awaitable[ExchangeRecord]]
+
+
+class CallOther(Protocol):
+    def __call__(self, served: ExchangeRecord, *, target_version: str | None = ...) -> Awaitable[ExchangeRecord]: ...
+
+
+ShadowVersion = Callable[[str], "str | None"]
 JUDGE_MAX_TOKENS = 16
+MAX_REQUEST_ID = 128  # the gateway's limit for client-supplied x-request-id
+
+
+def well_formed_request_id(request_id: str) -> bool:
+    """What a request id the gateway could have served looks like: short, printable, no spaces."""
+    return 0 < len(request_id) <= MAX_REQUEST_ID and request_id.isprintable() and not any(c.isspace() for c in request_id)
+
+
+def observation_of(record: ExchangeRecord) -> Observation:
+    """Drift features of a served exchange (runs in the drift thread, not on the event loop)."""
+    answer = record.response_text if record.route not in TEACHER_ROUTES else None
+    confidence = mean_logprob(record) if answer is not None else None
+    return Observation(request_text(record.request), answer, confidence)
 
 
 class Evaluator:
     def __init__(self, settings: EvaluatorSettings, models: Mapping[str, ModelEvalSettings], call_other: CallOther,
-                 registry: CollectorRegistry | None = None, store: PairStore | None = None) -> None:
+                 registry: CollectorRegistry | None = None, store: PairStore | None = None,
+                 shadow_version: ShadowVersion | None = None) -> None:
         self.settings = settings
         self.models = dict(models)
         self._call_other = call_other
+        self._shadow_version = shadow_version
         registry = REGISTRY if registry is None else registry
         self.metrics = EvaluatorMetrics(registry)
         self._owns_store = store is None
@@ -44,7 +83,8 @@ class Evaluator:
         self._samplers = {name: Sampler(m.shadow, lambda n=name: self.spend.shadow_tokens_last_hour(n))
                           for name, m in self.models.items()}
         self._agreement = RollingAgreement(settings.agreement)
-        self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift)
+        self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift,
+                                   to_observation=observation_of)
         self._queue = ShadowQueue(settings.queue_size, settings.workers, self._shadow)
         self._retention_task: asyncio.Task[None] | None = None
         self._started = False
@@ -125,13 +165,12 @@ class Evaluator:
             return False
 
     def observe(self, record: ExchangeRecord) -> None:
-        """Every served request: stored (for reports), counted for spend, fed to drift detection."""
+        """Every served request: counted (and stored when sampled) for reports, counted for spend, appended to
+        the drift window. Features and writes happen in background threads."""
         try:
-            self.store.put_exchange(record)
+            self.store.put_served(record)
             self.spend.observe_served(record)
-            answer = record.response_text if record.route not in TEACHER_ROUTES else None
-            confidence = mean_logprob(record) if answer is not None else None
-            self._drift.observe(record.model, Observation(request_text(record.request), answer, confidence))
+            self._drift.observe(record.model, record)
         except Exception:  # noqa: BLE001 - the hot path must never fail because of the evaluator
             log.exception("observe failed")
 
@@ -162,12 +201,43 @@ class Evaluator:
         pair = ShadowPair(served=served, shadow=other, scores={score.name: score.value}, agreed=score.passed)
         self.store.put_pair(pair)
         self._count_pair(pair)
+        candidate = self._shadow_version(model) if self._shadow_version is not None else None
+        if candidate is not None and candidate != student.version:
+            await self._shadow_candidate(candidate, served, teacher)
+
+    async def _shadow_candidate(self, version: str, served: ExchangeRecord, teacher: ExchangeRecord) -> None:
+        """The shadow-stage version answers the same request; scored against the teacher, never served.
+
+        Stored as (served=the teacher's answer, shadow=the candidate's): both exchanges are then some
+        pair's shadow, so neither counts as served traffic in reports.
+        """
+        model = served.model
+        try:
+            answer = await self._call_other(served, target_version=version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the candidate failing is counted, not fatal
+            log.info("shadow-stage call to %s for %s failed: %s", version, served.request_id, exc)
+            self.metrics.shadow_completed.labels(model, "error").inc()
+            return
+        self.metrics.shadow_completed.labels(model, "ok").inc()
+        candidate = dataclasses.replace(answer, route=CANDIDATE_ROUTE, version=version)
+        try:
+            score = await self.scorers[model].score(candidate, teacher)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("scoring candidate %s on %s failed", version, served.request_id)
+            return
+        pair = ShadowPair(served=teacher, shadow=candidate, scores={score.name: score.value}, agreed=score.passed)
+        self.store.put_pair(pair)
+        self._count_pair(pair)
 
     def _count_pair(self, pair: ShadowPair, export_counter: bool = True) -> None:
         model, version, slice_ = pair.served.model, pair.student.version, pair.served.slice
         if export_counter:
             self.metrics.pairs.labels(model, version, slice_, "agree" if pair.agreed else "disagree").inc()
-        for key in self._agreement.add(model, version, slice_, pair.agreed):
+        for key in self._agreement.add(model, version, slice_, pair.agreed, model_wide=not pair.is_candidate):
             if key[1] != ALL:  # gauges per version (and its ALL-slices aggregate): bounded label values
                 self._export_agreement(*key)
 
@@ -215,15 +285,21 @@ class Evaluator:
         self._drift.set_reference(model, prompts, outputs)
 
     async def record_feedback(self, request_id: str, *, label: str | None, rating: float | None,
-                              comment: str | None, key_name: str | None) -> bool:
-        """Stores feedback for a served request; False when the request id is unknown."""
+                              comment: str | None, key_name: str | None, model: str | None = None) -> bool:
+        """Stores feedback for a served request; False when the request id is unknown and no model is named.
+
+        Served exchanges are stored as a sample (StoreSettings.served_sample_rate), so a request id with no
+        stored exchange is still accepted when it is well-formed and ``model`` names a configured model.
+        """
         exchange = await asyncio.to_thread(self.store.exchange_by_request_id, request_id)
         if exchange is None:  # it may still be waiting in the writer's queue
             await asyncio.to_thread(self.store.flush, 10.0)
             exchange = await asyncio.to_thread(self.store.exchange_by_request_id, request_id)
-        if exchange is None:
+        if exchange is not None:
+            model = exchange.model
+        elif model is None or model not in self.models or not well_formed_request_id(request_id):
             return False
-        await asyncio.to_thread(self.store.add_feedback, Feedback(request_id, exchange.model, label, rating, comment,
+        await asyncio.to_thread(self.store.add_feedback, Feedback(request_id, model, label, rating, comment,
                                                                   key_name, time.time()))
-        self.metrics.feedback.labels(exchange.model).inc()
+        self.metrics.feedback.labels(model).inc()
         return True

@@ -2,6 +2,9 @@
 
 Non-streaming; when the other side is the teacher it is asked for token logprobs and the top-5
 alternatives (for distillation with top-k KD). Raises the gateway's typed errors on failure.
+`target_version` asks the student at that version (its LoRA adapter name) whatever answered: the
+evaluator uses it for the version in the promotion "shadow" stage, which `shadow_version(model)` names
+from the registry poller's snapshot.
 """
 from __future__ import annotations
 
@@ -25,18 +28,23 @@ class ShadowCaller:
     def __init__(self, proxy: "Proxy") -> None:
         self.proxy = proxy
 
-    async def __call__(self, served: ExchangeRecord) -> ExchangeRecord:
+    def shadow_version(self, model: str) -> str | None:
+        """The version id in the registry's shadow stage for `model`, if any (no I/O: the poller's snapshot)."""
+        active = self.proxy.poller.active(model)
+        candidate = getattr(active, "shadow", None) if active is not None else None
+        return candidate.id if candidate is not None else None
+
+    async def __call__(self, served: ExchangeRecord, *, target_version: str | None = None) -> ExchangeRecord:
         p = self.proxy
-        remembered = p.escalated_students.pop(served.request_id, None)
-        if remembered is not None and served.route in TEACHER_ROUTES:
-            return remembered  # cascade already asked the student for this very request
         router = p.routers[served.model]
-        if served.route in TEACHER_ROUTES:
-            # A version in the registry's shadow stage gets the shadow traffic; else live/canary as served.
-            active = p.poller.active(served.model)
-            candidate = getattr(active, "shadow", None) if active is not None else None
-            version = candidate.id if candidate is not None else router.canary.pick(active, random.random())
-            decision = router.side("student", version)
+        if target_version is not None:
+            decision = router.side("student", target_version)
+        elif served.route in TEACHER_ROUTES:
+            remembered = p.escalated_students.pop(served.request_id, None)
+            if remembered is not None:
+                return remembered  # cascade already asked the student for this very request
+            # The student as it serves now: the live version, or the canary for its share.
+            decision = router.side("student", router.canary.pick(p.poller.active(served.model), random.random()))
         else:
             decision = router.side("teacher")
         payload = dict(served.request)

@@ -1,6 +1,8 @@
 """PairStore: durable, batched writes of exchanges and shadow pairs, and the queries reports and redistill use."""
 from __future__ import annotations
 
+import itertools
+import random
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,6 +15,7 @@ from evaluator.metrics import StoreMetrics
 from evaluator.records import ExchangeRecord, Feedback, ShadowPair
 from evaluator.settings import StoreSettings
 from evaluator.store import schema
+from evaluator.store.counts import RouteCounts
 from evaluator.store.engine import create_store_engine
 from evaluator.store.migrate import upgrade_to_head
 from evaluator.store.redaction import Redactor
@@ -25,6 +28,10 @@ from evaluator.store.rows import (
     request_hash,
 )
 from evaluator.store.writer import BatchWriter
+
+# Served routes whose exchanges are always stored: escalations and fallbacks are rare and what reports
+# and re-distillation look at first.
+ALWAYS_STORED_ROUTES = frozenset({"fallback", "cascade"})
 
 _served = schema.exchanges.alias("served")
 _shadow = schema.exchanges.alias("shadow")
@@ -55,6 +62,8 @@ class PairStore:
         self._writer = BatchWriter(self.engine, self._write_batch, batch_size=self.settings.batch_size,
                                    flush_interval_s=self.settings.flush_interval_s,
                                    queue_size=self.settings.queue_size, metrics=self._metrics)
+        self._counts = RouteCounts()
+        self._rng = random.Random()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -62,11 +71,14 @@ class PairStore:
         upgrade_to_head(self.engine)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Blocks until every record put before the call is committed; False if a write failed meanwhile."""
+        """Blocks until every record put before the call (and every count) is committed; False if a write
+        failed meanwhile."""
+        self._put_counts()
         return self._writer.flush(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flushes what is queued, stops the writer thread and disposes of the engine."""
+        self._put_counts()
         self._writer.close(timeout)
         self.engine.dispose()
 
@@ -87,16 +99,40 @@ class PairStore:
         """Queues a served exchange; False (and counted) when the queue is full or the store is closed."""
         return self._writer.put(("exchange", record))
 
+    def put_served(self, record: ExchangeRecord) -> bool:
+        """A served request: always counted per route; its exchange stored when sampled (served_sample_rate)
+        or when it must be (escalation, fallback, error). O(1). True when the exchange was queued.
+
+        A served exchange that later becomes a shadow pair is stored with the pair whatever the sample said.
+        """
+        keep = (record.route in ALWAYS_STORED_ROUTES or record.status != 200
+                or self._rng.random() < self.settings.served_sample_rate)
+        stored = keep and self.put_exchange(record)
+        self._counts.add(record, stored)
+        if self._counts.due(self.settings.counts_interval_s):
+            self._put_counts()
+        return stored
+
+    def _put_counts(self) -> None:
+        rows = self._counts.drain()
+        if rows:
+            self._writer.put(("counts", rows))
+
     def put_pair(self, pair: ShadowPair) -> bool:
         """Queues a scored pair; its served exchange is reused if it was already stored by put_exchange."""
         return self._writer.put(("pair", pair))
 
     def _write_batch(self, conn: Connection, batch: list[tuple[str, Any]]) -> None:
-        for kind, item in batch:
+        # Runs of the same kind in one executemany each, in queue order (ids follow arrival; a pair's served
+        # exchange, put before it, is there when the pair looks it up).
+        for kind, run in itertools.groupby(batch, key=lambda entry: entry[0]):
+            items = [item for _, item in run]
             if kind == "exchange":
-                self._insert_exchange(conn, item)
+                conn.execute(insert(schema.exchanges), [self._redacted_row(r) for r in items])
+            elif kind == "counts":
+                conn.execute(insert(schema.route_counts), [row for rows in items for row in rows])
             else:
-                self._insert_pair(conn, item)
+                self._insert_pairs(conn, items)
 
     def _redacted_row(self, record: ExchangeRecord) -> dict[str, Any]:
         row = exchange_to_row(record)
@@ -104,23 +140,52 @@ class PairStore:
         row["response_text"] = self._redactor.text(row["response_text"])
         return row
 
-    def _insert_exchange(self, conn: Connection, record: ExchangeRecord) -> int:
-        return conn.execute(insert(schema.exchanges).values(self._redacted_row(record))).inserted_primary_key[0]
-
-    def _insert_pair(self, conn: Connection, pair: ShadowPair) -> None:
+    def _insert_pairs(self, conn: Connection, pairs: list[ShadowPair]) -> None:
+        """Three statements per batch: find the served exchanges already stored, insert the missing ones and
+        every shadow answer (executemany, ids returned in order), insert the pairs."""
         ex = schema.exchanges
-        served_id = conn.execute(
-            select(ex.c.id).where(ex.c.request_id == pair.served.request_id, ex.c.route == pair.served.route,
-                                  ex.c.model == pair.served.model).order_by(ex.c.id.desc()).limit(1)
-        ).scalar()
-        if served_id is None:
-            served_id = self._insert_exchange(conn, pair.served)
-        shadow_id = self._insert_exchange(conn, pair.shadow)
-        conn.execute(insert(schema.pairs).values(
-            model=pair.served.model, version=pair.student.version, slice=pair.served.slice,
-            served_id=served_id, shadow_id=shadow_id, scores=dict(pair.scores), score=primary_score(pair),
-            agreed=bool(pair.agreed), request_hash=request_hash(pair.served.request), created_at=time.time(),
-        ))
+        Key = tuple[str, str, str]
+
+        def key(record: ExchangeRecord) -> Key:
+            return (record.request_id, record.route, record.model)
+
+        ids: dict[Key, int] = {}
+        request_ids = list({p.served.request_id for p in pairs})
+        for start in range(0, len(request_ids), 500):
+            rows = conn.execute(select(ex.c.id, ex.c.request_id, ex.c.route, ex.c.model)
+                                .where(ex.c.request_id.in_(request_ids[start:start + 500])).order_by(ex.c.id))
+            for row in rows:
+                ids[(row.request_id, row.route, row.model)] = row.id  # the newest wins, as before
+        # A served record is reused if stored (or inserted earlier in this batch: a shadow-stage pair's served
+        # side is the teacher answer of the pair before it); a shadow answer is always a new row.
+        new_rows: list[dict[str, Any]] = []
+        slots: list[tuple[int | Key, int | Key]] = []
+        pending: dict[Key, int] = {}
+        for pair in pairs:
+            k = key(pair.served)
+            if k in pending:
+                served_slot: int | Key = pending[k]
+            elif k in ids:
+                served_slot = k
+            else:
+                served_slot = pending[k] = len(new_rows)
+                new_rows.append(self._redacted_row(pair.served))
+            shadow_slot = len(new_rows)
+            pending[key(pair.shadow)] = shadow_slot
+            new_rows.append(self._redacted_row(pair.shadow))
+            slots.append((served_slot, shadow_slot))
+        new_ids = conn.execute(insert(ex).returning(ex.c.id, sort_by_parameter_order=True), new_rows).scalars().all()
+
+        def resolve(slot: int | Key) -> int:
+            return new_ids[slot] if isinstance(slot, int) else ids[slot]
+
+        now = time.time()
+        conn.execute(insert(schema.pairs), [
+            dict(model=pair.served.model, version=pair.student.version, slice=pair.served.slice,
+                 served_id=resolve(s), shadow_id=resolve(o), scores=dict(pair.scores), score=primary_score(pair),
+                 agreed=bool(pair.agreed), request_hash=request_hash(pair.served.request), created_at=now)
+            for pair, (s, o) in zip(pairs, slots)
+        ])
 
     # -- queries ---------------------------------------------------------------------------------------
     def pairs(self, model: str, since: float | None = None, until: float | None = None, version: str | None = None,
@@ -176,6 +241,21 @@ class PairStore:
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
         return exchange_from_row(row) if row is not None else None
+
+    def route_counts(self, model: str, since: float | None = None, until: float | None = None) -> dict[str, dict[str, int]]:
+        """Requests and tokens per served route (every request, stored or not), from the counts rows whose
+        period ended in [since, until)."""
+        rc = schema.route_counts
+        q = (select(rc.c.route, func.sum(rc.c.requests), func.sum(rc.c.stored), func.sum(rc.c.prompt_tokens),
+                    func.sum(rc.c.completion_tokens)).where(rc.c.model == model).group_by(rc.c.route))
+        if since is not None:
+            q = q.where(rc.c.created_at >= since)
+        if until is not None:
+            q = q.where(rc.c.created_at < until)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return {route: {"requests": int(n), "stored": int(st), "prompt_tokens": int(p), "completion_tokens": int(c)}
+                for route, n, st, p, c in rows}
 
     def models(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -234,13 +314,15 @@ class PairStore:
         """Deletes exchanges (and their pairs) older than ``retention.days`` and beyond ``retention.max_rows``."""
         ret = self.settings.retention
         ex, p, fb = schema.exchanges, schema.pairs, schema.feedback
-        deleted = {"exchanges": 0, "pairs": 0, "feedback": 0}
+        deleted = {"exchanges": 0, "pairs": 0, "feedback": 0, "route_counts": 0}
         with self.engine.begin() as conn:
             doomed: list[Any] = []
             if ret.days is not None:
                 cutoff = (now if now is not None else time.time()) - ret.days * 86400
                 doomed.append(ex.c.created_at < cutoff)
                 deleted["feedback"] += conn.execute(delete(fb).where(fb.c.created_at < cutoff)).rowcount
+                rc = schema.route_counts
+                deleted["route_counts"] += conn.execute(delete(rc).where(rc.c.created_at < cutoff)).rowcount
             if ret.max_rows is not None:
                 boundary = conn.execute(select(ex.c.id).order_by(ex.c.id.desc()).offset(ret.max_rows).limit(1)).scalar()
                 if boundary is not None:

@@ -129,3 +129,21 @@ pending_shadows = Table(
     Column("record", JSON, nullable=False),  # a served ExchangeRecord not yet shadowed at shutdown
     Column("created_at", Float, nullable=False),
 )
+
+# Every served request counted per model/route, including those whose exchange was not stored
+# (StoreSettings.served_sample_rate): reports take route rates and cost from here, unbiased by sampling.
+# One row per (model, route) per counts flush; reports sum them over a time range.
+route_counts = Table(
+    "route_counts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(128), nullable=False),
+    Column("route", String(16), nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("stored", Integer, nullable=False),  # how many of them have their exchange row
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("period_start", Float, nullable=False),
+    Column("created_at", Float, nullable=False),  # period end
+    Index("ix_route_counts_model_time", "model", "created_at"),
+)

@@ -199,22 +199,38 @@ def test_failed_shadow_calls_and_feedback(tmp_path: Path) -> None:
     async def failing(record: ExchangeRecord) -> ExchangeRecord:
         raise ConnectionError("teacher down")
 
-    async def run() -> tuple[bool, bool]:
-        ev = Evaluator(settings_for(tmp_path), models, failing, registry=registry)
+    async def run() -> tuple[bool, bool, bool, bool]:
+        # Served exchanges are stored as a sample: this one is not, its shadow failed, so no row holds it.
+        settings = settings_for(tmp_path)
+        settings.store.served_sample_rate = 0.0
+        ev = Evaluator(settings, models, failing, registry=registry)
         await ev.start()
         record = served(1)
         ev.observe(record)
         ev.offer(record)
-        known = await ev.record_feedback("req-1", label="refund", rating=0.0, comment=None, key_name="ops")
+        known = await ev.record_feedback("req-1", label="refund", rating=0.0, comment=None, key_name="ops",
+                                         model="support")
         unknown = await ev.record_feedback("nope", label="x", rating=None, comment=None, key_name=None)
+        wrong_model = await ev.record_feedback("req-2", label="x", rating=None, comment=None, key_name=None,
+                                               model="other")
+        malformed = await ev.record_feedback("req 3\n", label="x", rating=None, comment=None, key_name=None,
+                                             model="support")
         await ev.stop()
-        return known, unknown
+        return known, unknown, wrong_model, malformed
 
-    known, unknown = asyncio.run(run())
-    assert (known, unknown) == (True, False)
+    assert asyncio.run(run()) == (True, False, False, False)
     assert sample(registry, "distillgate_shadow_completed_total", model="support", status="error") == 1
     assert sample(registry, "distillgate_shadow_dropped_total", model="support", status="error") == 1
     assert sample(registry, "distillgate_feedback_total", model="support") == 1
+    from evaluator.store import PairStore
+
+    store = PairStore(f"sqlite:///{tmp_path / 'ev.db'}")
+    assert store.count("exchanges") == 0
+    [fb] = store.feedback(model="support")
+    assert (fb.request_id, fb.label, fb.key_name) == ("req-1", "refund", "ops")
+    assert store.route_counts("support") == {"student": {"requests": 1, "stored": 0, "prompt_tokens": 20,
+                                                         "completion_tokens": 5}}
+    store.close()
 
 
 def test_judge_goes_to_the_teacher_through_call_other(tmp_path: Path) -> None:
