@@ -80,18 +80,25 @@ def top_disagreements(pairs: Sequence[ShadowPair], limit: int = TOP_DISAGREEMENT
             for p in worst]
 
 
-def route_rates(exchanges: Sequence[ExchangeRecord]) -> dict[str, Any]:
-    counts = Counter(e.route for e in exchanges)
+def route_rates(exchanges: Sequence[ExchangeRecord], counted: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+    """Per-route rates: from the store's per-route counts of every request when there are any (stored
+    exchanges are only a sample of served traffic), else from the stored exchanges (older stores)."""
+    counts = Counter({route: c["requests"] for route, c in counted.items()}) if counted else Counter(e.route for e in exchanges)
     total = sum(counts.values())
     return {"total": total, "counts": dict(sorted(counts.items())),
             "escalation_rate": counts["cascade"] / total if total else None,
             "fallback_rate": counts["fallback"] / total if total else None}
 
 
-def cost(exchanges: Sequence[ExchangeRecord], pairs: Sequence[ShadowPair], settings: ModelEvalSettings) -> dict[str, float]:
+def cost(exchanges: Sequence[ExchangeRecord], pairs: Sequence[ShadowPair], settings: ModelEvalSettings,
+         counted: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, float]:
+    """Dollars; served traffic from the per-route counts when there are any (prices are per token, so
+    token sums per route are exact), else from the stored exchanges."""
     prices = settings.prices
-    baseline = sum(teacher_cost(prices, *tokens(e)) for e in exchanges)
-    served = sum((teacher_cost if e.route in TEACHER_ROUTES else student_cost)(prices, *tokens(e)) for e in exchanges)
+    served_tokens = ([(route, (c["prompt_tokens"], c["completion_tokens"])) for route, c in counted.items()] if counted
+                     else [(e.route, tokens(e)) for e in exchanges])
+    baseline = sum(teacher_cost(prices, *t) for _, t in served_tokens)
+    served = sum((teacher_cost if route in TEACHER_ROUTES else student_cost)(prices, *t) for route, t in served_tokens)
     shadow = sum(teacher_cost(prices, *tokens(p.shadow)) for p in pairs if p.shadow.route in TEACHER_ROUTES)
     return {"baseline_dollars": baseline, "served_dollars": served, "shadow_dollars": shadow,
             "saved_dollars": baseline - served - shadow}
@@ -133,19 +140,22 @@ def build_report(store: PairStore, models: Mapping[str, ModelEvalSettings], sett
         except Exception:  # noqa: BLE001 - judge/embedding need live parts; reports only need label extraction
             scorer = build_scorer(ScorerSettings(kind="normalized"))
         pairs = store.pairs(name, since=since, until=until)
+        # Shadow-stage candidates answered no user: per-version tables show them, model-wide numbers do not.
+        served_pairs = [p for p in pairs if not p.is_candidate]
         exchanges = store.exchanges(name, since=since, until=until)
+        counted = store.route_counts(name, since=since, until=until)
         label_of = scorer.extract if isinstance(scorer, LabelScorer) else None
-        agreed = sum(p.agreed for p in pairs)
+        agreed = sum(p.agreed for p in served_pairs)
         out["models"][name] = {
             "scorer": model_settings.scorer.kind,
-            "agreement": _interval(agreed, len(pairs), confidence),
-            "agreement_over_time": agreement_over_time(pairs, since, until, confidence),
+            "agreement": _interval(agreed, len(served_pairs), confidence),
+            "agreement_over_time": agreement_over_time(served_pairs, since, until, confidence),
             "slices": per_slice(pairs, confidence),
             "drift_over_time": drift_over_time(exchanges, DriftDetector(settings.drift, label_of)),
             "drift_thresholds": {"psi": settings.drift.psi_threshold, "auc": settings.drift.classifier_auc_threshold},
             "disagreements": top_disagreements(pairs),
-            "routes": route_rates(exchanges),
-            "cost": cost(exchanges, pairs, model_settings),
-            "accuracy": accuracy(store.feedback(name, since=since), exchanges, pairs, scorer),
+            "routes": route_rates(exchanges, counted),
+            "cost": cost(exchanges, pairs, model_settings, counted),
+            "accuracy": accuracy(store.feedback(name, since=since), exchanges, served_pairs, scorer),
         }
     return out

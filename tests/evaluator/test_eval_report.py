@@ -145,3 +145,34 @@ def test_cli_report_json_and_html(populated: tuple[str, EvaluatorSettings], tmp_
     assert bad.returncode == 2 and "unknown model" in bad.stderr
     bad = subprocess.run(cli + ["--since", "yesterday"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "invalid duration" in bad.stderr
+
+
+def test_sampled_storage_keeps_route_rates_and_cost_exact(tmp_path: Path) -> None:
+    """Only a sample of served-only exchanges is stored; every request is counted, so reports are unbiased,
+    and a shadow-stage candidate's pairs stay out of the model-wide agreement."""
+    url = f"sqlite:///{tmp_path / 'sampled.db'}"
+    settings = EvaluatorSettings(store=StoreSettings(url=url, flush_interval_s=0.02, served_sample_rate=0.1))
+    store = PairStore(url, settings.store)
+    store.migrate()
+    start = time.time()
+    routes = ["student"] * 400 + ["teacher"] * 40 + ["fallback"] * 6 + ["cascade"] * 4
+    stored = [store.put_served(rec(i, route, "intent: billing", start)) for i, route in enumerate(routes)]
+    teacher = rec(0, "teacher", "intent: refund", start)
+    store.put_pair(ShadowPair(rec(0, "student", "intent: billing", start), teacher, {"label": 0.0}, False))
+    candidate = ExchangeRecord(request_id="r0", model="support", route="candidate", version="v2", endpoint="chat",
+                               request=teacher.request, response_text="intent: refund", created_at=start)
+    store.put_pair(ShadowPair(teacher, candidate, {"label": 1.0}, True))
+    assert store.flush(10)
+    # Fallbacks and escalations are always stored; the rest is a sample.
+    assert all(stored[-10:]) and 10 < sum(stored) < 150
+    report = build_report(store, {"support": ModelEvalSettings(scorer=SCORER, prices=PRICES)}, settings,
+                          since=start - 60, until=time.time() + 60)
+    store.close()
+    m = report["models"]["support"]
+    assert m["routes"]["counts"] == {"cascade": 4, "fallback": 6, "student": 400, "teacher": 40}
+    assert m["routes"]["fallback_rate"] == pytest.approx(6 / 450)
+    assert m["cost"]["baseline_dollars"] == pytest.approx(450 * 0.12)
+    assert m["cost"]["served_dollars"] == pytest.approx(400 * 0.0012 + 50 * 0.12)
+    assert m["agreement"]["n"] == 1 and m["agreement"]["agreed"] == 0  # the live student's pair only
+    by_version = {(s["version"], s["slice"]): s["n"] for s in m["slices"]}
+    assert by_version[("v2", "all")] == 1 and by_version[("base", "all")] == 1
