@@ -50,7 +50,7 @@ class CallOther(Protocol):
 
 ShadowVersion = Callable[[str], "str | None"]
 JUDGE_MAX_TOKENS = 16
-MAX_REQUEST_ID = 128  # the gateway's limit for client-supplied x-request-id
+MAX_REQUEST_ID = 64  # the store's request_id column (the gateway keeps client ids within it)
 
 
 def well_formed_request_id(request_id: str) -> bool:

@@ -79,7 +79,9 @@ def _build_evaluator(evaluator: Any, config: DistillgateConfig, call_other: Shad
             raise  # present but broken: fail at start-up rather than silently serve unevaluated
         log.warning("evaluator.service not installed: serving without shadow evaluation")
         return None
-    return service.Evaluator(config.evaluator, config.models, call_other, registry=registry)
+    # shadow_version: the promotion "shadow" stage's version per model, so the evaluator can score it unseen.
+    return service.Evaluator(config.evaluator, config.models, call_other, registry=registry,
+                             shadow_version=call_other.shadow_version)
 
 
 def _build_registry(evaluator: Any, config: DistillgateConfig) -> Any:
