@@ -29,7 +29,7 @@ from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, 
 from bench.proctree import sample, wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, start_floor, start_gateway, start_litellm,
+    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, stop_all, start_floor, start_gateway, start_litellm,
     start_nginx, start_upstream,
 )
 
@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress.advance(task)
         counters = scrape(targets["gateway"].base_url) if "gateway" in targets else {}
     finally:
-        for t in reversed(running):
-            t.stop()
+        stop_all(running)
     report = build_report(args, cells, results, ttft, soak, counters, skipped, load1)
     report.print(console)
     json_path, md_path = report.write(args.name)

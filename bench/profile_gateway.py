@@ -28,7 +28,7 @@ from rich.table import Table  # noqa: E402
 from bench.load import chat_body, run_wrk  # noqa: E402
 from bench.report import RESULTS  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, exit_cleanly_on_sigterm, start_gateway, start_upstream,
+    BENCH_KEY, Target, exit_cleanly_on_sigterm, stop_all, start_gateway, start_upstream,
 )
 
 OWN_CODE = ("gateway/", "evaluator/", "redistill/")
@@ -109,8 +109,7 @@ def main() -> int:
                          server_pid=gw.pid, load_cpu=args.load_cpu, key=BENCH_KEY)
         spy.wait(timeout=60)
     finally:
-        for t in reversed(running):
-            t.stop()
+        stop_all(running)
     total, inclusive, own = aggregate(raw)
     console.print(f"{args.mode} C={args.connections}: {result.rps:,.0f} req/s, CPU {result.cpu_ms_per_req:.3f} ms/req, "
                   f"{total} samples (all threads) -> {raw}")

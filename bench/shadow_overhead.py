@@ -27,7 +27,7 @@ from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E40
 from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, start_gateway, start_upstream,
+    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, stop_all, start_gateway, start_upstream,
 )
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         progress.advance(task)
         counters = {rate: scrape(gw.base_url) for rate, gw in gateways.items()}
     finally:
-        for t in reversed(running):
-            t.stop()
+        stop_all(running)
     report = build_report(args, runs, counters, undrained, load1)
     report.print(console)
     json_path, md_path = report.write(args.name)

@@ -42,6 +42,15 @@ class Target:
         self.process.stop()
 
 
+def stop_all(running: list[Target]) -> None:
+    """Stop servers in reverse start order; one that will not die must not leave the others running."""
+    for target in reversed(running):
+        try:
+            target.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the rest, then say what failed
+            print(f"warning: stopping {target.name} (pid {target.pid}) failed: {exc!r}", file=sys.stderr)
+
+
 def exit_cleanly_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so the callers' `finally` blocks stop every server they started."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -159,7 +168,8 @@ def gateway_config(port: int, student_url: str, teacher_url: str, store_dir: Pat
                 "scorer": {"kind": "normalized"},
             }
         },
-        "evaluator": {"store": {"url": f"sqlite:///{store_dir}/pairs.db"}},
+        # A short drain keeps shutdown between benchmark phases quick; nothing here needs the backlog.
+        "evaluator": {"drain_timeout_s": 2.0, "store": {"url": f"sqlite:///{store_dir}/pairs.db"}},
     }
 
 
@@ -185,7 +195,7 @@ def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_r
     cfg.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "gateway.cli", "--config", str(cfg), "serve", "--port", str(port)]
     env = {**os.environ, "DISTILLGATE_BENCH_KEY": BENCH_KEY}
-    proc = ManagedProcess(name, _pinned(cpu, argv), work / f"{name}.log", env=env, cwd=REPO, port=port, grace_s=15).start()
+    proc = ManagedProcess(name, _pinned(cpu, argv), work / f"{name}.log", env=env, cwd=REPO, port=port, grace_s=30).start()
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz", timeout_s, process=proc, interval_s=0.5)
     return Target(name, base, proc)
