@@ -97,3 +97,47 @@ def test_distillation_reference_and_no_result_before_full_window() -> None:
     monitor.wait_idle(60)
     monitor.close()
     assert monitor.snapshot("m").drifted
+
+
+def test_recomputation_is_throttled_by_time_and_features_are_computed_in_the_drift_thread() -> None:
+    """every_n=1 would mean a comparison per request; min_interval_s caps it. Items are converted by
+    to_observation in the drift thread, never by observe (the caller's thread)."""
+    import threading
+
+    settings = DriftSettings(window_size=20, reference_size=20, every_n=1, min_interval_s=3600.0)
+    results, converted_in = [], set()
+
+    def to_observation(item: tuple[int, Observation]) -> Observation:
+        converted_in.add(threading.current_thread().name)
+        return item[1]
+
+    monitor = DriftMonitor(settings, label_of=lambda model: label_of, on_result=lambda m, s: results.append(s),
+                           to_observation=to_observation)
+    rng = random.Random(5)
+    items = list(enumerate(stream(rng, 200)))
+    try:
+        for item in items[:40]:  # reference, then a full window: the first comparison is due at once
+            monitor.observe("m", item)
+        monitor.wait_idle(60)
+        assert len(results) == 1
+        for item in items[40:]:  # 160 more requests, each "due" by every_n: all wait for the interval
+            monitor.observe("m", item)
+        assert len(results) == 1
+        monitor.wait_idle(60)  # waives the interval: the newest window is compared now
+    finally:
+        monitor.close()
+    assert len(results) == 2 and results[-1].n == 20
+    assert converted_in and all(n.startswith("distillgate-drift") for n in converted_in)
+
+
+def test_a_large_reference_is_compared_through_a_bounded_sample() -> None:
+    settings = DriftSettings(window_size=20, reference_size=20, every_n=5, max_reference_sample=50)
+    monitor = DriftMonitor(settings, label_of=lambda model: label_of)
+    rng = random.Random(9)
+    ref = stream(rng, 500)
+    monitor.set_reference("m", [o.prompt for o in ref], [o.answer or "" for o in ref])
+    for obs in stream(rng, 20):
+        monitor.observe("m", obs)
+    monitor.wait_idle(60)
+    monitor.close()
+    assert monitor.snapshot("m").reference_n == 50
