@@ -73,6 +73,9 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
 class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=64)
+    # Only a sample of served-only exchanges is stored (evaluator.store.served_sample_rate): naming the
+    # model lets feedback on an unsampled request still be recorded.
+    model: str | None = Field(None, max_length=128)
     label: str | None = Field(None, max_length=10_000)
     rating: float | None = Field(None, ge=0.0, le=1.0)
     comment: str | None = Field(None, max_length=10_000)
@@ -148,10 +151,11 @@ def build_control_router() -> APIRouter:
             raise ServiceUnavailable("feedback needs the evaluator, which is not running")
         unknown = NotFound(f"no served request with id {fb.request_id!r}", param="request_id")
         exchange = await asyncio.to_thread(evaluator.store.exchange_by_request_id, fb.request_id)
-        if exchange is not None and not (key.admin or key.may_use(exchange.model)):
+        model = exchange.model if exchange is not None else fb.model
+        if model is not None and not (key.admin or key.may_use(model)):
             raise unknown  # another key's request: same answer as unknown, nothing revealed
         ok = await evaluator.record_feedback(fb.request_id, label=fb.label, rating=fb.rating, comment=fb.comment,
-                                             key_name=key.name)
+                                             key_name=key.name, model=None if exchange is not None else fb.model)
         if not ok:
             raise unknown
         return _json({"request_id": fb.request_id, "recorded": True})

@@ -107,6 +107,9 @@ def _pipeline(config: Any, model: str, outcome: JobOutcome, store: PairStore, *,
     workdir = Path(rs.workdir)
     now = time.time()
     pairs = store.pairs(model, since=now - (since_s if since_s is not None else rs.dataset.since_s))
+    # Candidate pairs (a shadow-stage version vs the teacher) repeat the teacher's answers and would skew
+    # the disagreement flags: the dataset is about the live student's traffic.
+    pairs = [p for p in pairs if not p.is_candidate]
     feedback = store.feedback_for(p.served.request_id for p in pairs)
     labels = {rid: fb.label for rid, fb in feedback.items() if fb.label}
     scorer = build_scorer(ms.scorer)

@@ -96,6 +96,20 @@ def test_feedback_needs_a_key_that_owns_the_model(env):
     assert (fb.label, fb.rating, fb.key_name) == ("refund", 0.0, "ops")
 
 
+def test_feedback_on_an_unstored_request_names_its_model(env):
+    gw, _, _ = env
+    store = gw.app.state.evaluator.store
+    url = gw.url + "/v1/distillgate/feedback"
+    admin, user = {"Authorization": f"Bearer {ADMIN}"}, {"Authorization": f"Bearer {USER}"}
+    # Not stored (served-only exchanges are sampled): unknown without a model, recorded with one.
+    _err(httpx.post(url, json={"request_id": "dg-unsampled", "label": "refund"}, headers=admin), 404)
+    _err(httpx.post(url, json={"request_id": "dg-unsampled", "label": "refund", "model": "intent"}, headers=user), 404)
+    _err(httpx.post(url, json={"request_id": "dg-unsampled", "label": "refund", "model": "nope"}, headers=admin), 404)
+    r = httpx.post(url, json={"request_id": "dg-unsampled", "label": "refund", "model": "intent"}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert [(f.request_id, f.label) for f in store.feedback(model="intent")] == [("dg-unsampled", "refund")]
+
+
 def test_versions_and_rollback(env):
     gw, _, _ = env
     registry = gw.app.state.registry
