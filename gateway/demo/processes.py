@@ -462,13 +462,8 @@ def start_teacher(
     return proc
 
 
-def stop_strays(cmdline_fragment: str, grace_s: float = 5.0) -> list[int]:
-    """Stop processes whose command line contains ``cmdline_fragment`` (a path unique to one demo run).
-
-    The gateway's local re-distillation runner starts jobs in their own session on purpose (a gateway
-    restart must not kill a training run), so they survive the gateway; the demo owns them and must
-    not leave them running. Returns the pids that were signalled.
-    """
+def processes_matching(cmdline_fragment: str) -> list[int]:
+    """Pids (other than ours) whose command line contains ``cmdline_fragment``."""
     me = os.getpid()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -480,6 +475,17 @@ def stop_strays(cmdline_fragment: str, grace_s: float = 5.0) -> list[int]:
             continue
         if cmdline_fragment in cmdline:
             pids.append(int(entry.name))
+    return pids
+
+
+def stop_strays(cmdline_fragment: str, grace_s: float = 5.0) -> list[int]:
+    """Stop processes whose command line contains ``cmdline_fragment`` (a path unique to one demo run).
+
+    The gateway's local re-distillation runner starts jobs in their own session on purpose (a gateway
+    restart must not kill a training run), so they survive the gateway; the demo owns them and must
+    not leave them running. Returns the pids that were signalled.
+    """
+    pids = processes_matching(cmdline_fragment)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:

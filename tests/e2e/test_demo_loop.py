@@ -18,7 +18,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.demo.configs import LOGICAL_MODEL
-from gateway.demo.processes import find_prometheus_binaries
+from gateway.demo.processes import find_prometheus_binaries, processes_matching
 from gateway.demo.scenario import DemoSettings, demo_env, run_traffic_stages, start_stack, write_outputs
 from tests.ops.conftest import load_script
 
@@ -40,20 +40,6 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def test_drift_alert_redistill_promote_recover(tmp_path: Path) -> None:
@@ -120,4 +106,4 @@ def test_drift_alert_redistill_promote_recover(tmp_path: Path) -> None:
     # Nothing was left running.
     assert not [p for p in ports if _port_open(p)]
     assert not [p for p in pids if _alive(p)]
-    assert not _processes_mentioning(str(workdir))
+    assert not processes_matching(str(workdir))
