@@ -9,10 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evaluator.report import build_report
-from evaluator.report_html import render_html
-from evaluator.store import PairStore
-
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -34,6 +30,11 @@ def register(subparsers: Any) -> None:
 
 def run_report(args: argparse.Namespace, config: Any) -> int:
     """`config` is the full DistillgateConfig; only its `evaluator` and `models` sections are read."""
+    # Imported here, not at module level: registering this plug-in must stay cheap for `distillgate serve`.
+    from evaluator.report import build_report
+    from evaluator.report_html import render_html
+    from evaluator.store import PairStore
+
     unknown = [m for m in args.model or [] if m not in config.models]
     if unknown:
         print(f"error: unknown model(s) {', '.join(unknown)}; configured: {', '.join(sorted(config.models))}",

@@ -6,28 +6,12 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
+if TYPE_CHECKING:  # the real imports live in the handlers: `distillgate serve` must not load torch for a plug-in
+    from rich.console import Console
 
-from gateway.demo.observe import Snapshot
-from gateway.demo.processes import MissingBinaryError, ProcessStartError
-from gateway.demo.scenario import (
-    DemoEnv,
-    DemoSettings,
-    build_base_student,
-    choose_monitoring,
-    demo_env,
-    distill_student,
-    run_traffic_stages,
-    start_gateway_server,
-    start_monitoring,
-    start_student_server,
-    start_teacher_server,
-    write_outputs,
-)
-from gateway.demo.summary import status_panel, summary_table
+    from gateway.demo.scenario import DemoEnv, DemoSettings
 
 
 def register(subparsers: Any) -> None:
@@ -44,6 +28,8 @@ def register(subparsers: Any) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    from gateway.demo.scenario import DemoSettings
+
     s = DemoSettings(workdir=args.workdir, report_path=args.report, monitoring=args.monitoring, seed=args.seed,
                      train_device=args.train_device, vllm_dtype=args.vllm_dtype)
     if args.quick:
@@ -52,6 +38,16 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def _setup(env: DemoEnv, console: Console) -> None:
+    from gateway.demo.scenario import (
+        build_base_student,
+        choose_monitoring,
+        distill_student,
+        start_gateway_server,
+        start_monitoring,
+        start_student_server,
+        start_teacher_server,
+    )
+
     steps = [
         ("building the tiny student (tokenizer + Llama)", build_base_student),
         ("starting the teacher stand-in", start_teacher_server),
@@ -73,6 +69,14 @@ def _setup(env: DemoEnv, console: Console) -> None:
 
 
 def run_demo(args: argparse.Namespace, config: Any = None) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from gateway.demo.observe import Snapshot
+    from gateway.demo.processes import MissingBinaryError, ProcessStartError
+    from gateway.demo.scenario import demo_env, run_traffic_stages, write_outputs
+    from gateway.demo.summary import status_panel, summary_table
+
     console = Console()
     for noisy in ("httpx", "httpx2", "openai", "alembic", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
