@@ -10,8 +10,7 @@ from collections import deque
 from functools import lru_cache
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from scipy.stats import norm
+from statistics import NormalDist
 
 from evaluator.settings import AgreementSettings
 
@@ -29,8 +28,8 @@ class AgreementSnapshot:
 
 @lru_cache(maxsize=16)
 def _z(confidence: float) -> float:
-    # scipy's ppf costs ~50 us a call; gauges are re-exported for every scored pair.
-    return float(norm.ppf(1 - (1 - confidence) / 2))
+    # cached: gauges are re-exported for every scored pair.
+    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
 
 
 def wilson_interval(agreed: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -18,15 +18,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix, hstack
-from scipy.stats import chi2_contingency, fisher_exact, ks_2samp, norm
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from evaluator.features import answer_length, input_matrix, is_refusal
 from evaluator.settings import DriftSettings
@@ -89,6 +84,10 @@ def categorical_psi(reference: Sequence[str], current: Sequence[str]) -> float:
 
 
 def ks_p(reference: Sequence[float], current: Sequence[float]) -> float:
+    # scipy and sklearn are imported where the tests run (the drift worker thread), never at import:
+    # the gateway process would otherwise carry ~150 MB of them from start-up.
+    from scipy.stats import ks_2samp
+
     ref, cur = np.asarray(reference, float), np.asarray(current, float)
     if np.ptp(np.concatenate([ref, cur])) == 0:
         return 1.0
@@ -96,6 +95,8 @@ def ks_p(reference: Sequence[float], current: Sequence[float]) -> float:
 
 
 def categorical_p(reference: Sequence[str], current: Sequence[str]) -> float:
+    from scipy.stats import chi2_contingency, fisher_exact
+
     cats = sorted(set(reference) | set(current))
     if len(cats) < 2:
         return 1.0
@@ -128,22 +129,34 @@ class DriftDetector:
         self.settings = settings
         self.label_of = label_of
         self.seed = seed
-        self._vectorizer = HashingVectorizer(n_features=settings.hashed_features, ngram_range=(1, 2),
-                                             alternate_sign=False, norm="l2")
+        self._vectorizer: Any = None  # built by the first classifier test, in the drift thread
+
+    def _vectorize(self, texts: list[str]) -> Any:
+        if self._vectorizer is None:
+            from sklearn.feature_extraction.text import HashingVectorizer
+
+            self._vectorizer = HashingVectorizer(n_features=self.settings.hashed_features, ngram_range=(1, 2),
+                                                 alternate_sign=False, norm="l2")
+        return self._vectorizer.transform(texts)
 
     def classifier_test(self, ref_texts: Sequence[str], cur_texts: Sequence[str], ref_num: np.ndarray,
                         cur_num: np.ndarray) -> ClassifierResult:
         """Can a classifier tell the windows apart? AUC 0.5 = no; out-of-fold scores avoid overfit optimism."""
+        from scipy.sparse import csr_matrix, hstack
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
         num = np.vstack([ref_num, cur_num])
         num = (num - num.mean(0)) / (num.std(0) + 1e-9)
-        x = hstack([self._vectorizer.transform(list(ref_texts) + list(cur_texts)), csr_matrix(num)]).tocsr()
+        x = hstack([self._vectorize(list(ref_texts) + list(cur_texts)), csr_matrix(num)]).tocsr()
         y = np.r_[np.zeros(len(ref_texts)), np.ones(len(cur_texts))]
         folds = StratifiedKFold(self.settings.cv_folds, shuffle=True, random_state=self.seed)
         proba = cross_val_predict(LogisticRegression(solver="liblinear"), x, y, cv=folds, method="predict_proba")[:, 1]
         auc = float(roc_auc_score(y, proba))
         n1, n2 = len(ref_texts), len(cur_texts)
         se = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))  # Mann-Whitney AUC under the null
-        p_value = float(norm.sf((auc - 0.5) / se))
+        p_value = NormalDist().cdf(-(auc - 0.5) / se)  # upper tail
         return ClassifierResult(auc, p_value, psi(proba[: n1], proba[n1:], self.settings.psi_bins))
 
     def compare(self, reference: Sequence[Observation], current: Sequence[Observation]) -> DriftSnapshot:

@@ -16,9 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sacrebleu
-from rouge_score import rouge_scorer
-
 from evaluator.records import ExchangeRecord
 from evaluator.settings import ScorerSettings
 from evaluator.textnorm import normalize, words
@@ -154,6 +151,9 @@ class RougeLScorer(Scorer):
     name = "rouge_l"
 
     def __init__(self, settings: ScorerSettings) -> None:
+        # Scorer libraries load only when their kind is configured (rouge_score pulls nltk: ~40 MB).
+        from rouge_score import rouge_scorer
+
         super().__init__(settings)
         self._rouge = rouge_scorer.RougeScorer(["rougeL"])
 
@@ -166,10 +166,16 @@ class RougeLScorer(Scorer):
 class ChrfScorer(Scorer):
     name = "chrf"
 
+    def __init__(self, settings: ScorerSettings) -> None:
+        import sacrebleu  # loaded only when a model scores with chrF
+
+        super().__init__(settings)
+        self._sentence_chrf = sacrebleu.sentence_chrf
+
     def similarity(self, student: str, teacher: str) -> float:
         if student == teacher:
             return 1.0
-        return sacrebleu.sentence_chrf(student, [teacher]).score / 100.0
+        return self._sentence_chrf(student, [teacher]).score / 100.0
 
 
 class TokenF1Scorer(Scorer):
