@@ -32,7 +32,8 @@ def _serve(args: argparse.Namespace, config: DistillgateConfig) -> int:
         workers=1,
         loop="uvloop",
         http="httptools",
-        access_log=False,
+        access_log=False,  # the gateway's own sampled access log (server.access_log) replaces uvicorn's
+        proxy_headers=config.server.proxy_headers,
         log_level=args.log_level,
         timeout_graceful_shutdown=config.evaluator.drain_timeout_s + 5,
     )

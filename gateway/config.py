@@ -155,6 +155,8 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     access_log: AccessLogSettings = AccessLogSettings()
     registry_poll_s: float = Field(2.0, gt=0, description="how often routing re-reads active versions")
+    proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto (uvicorn's proxy-headers middleware, "
+                                                   "a per-request cost): only behind a proxy that sets them")
 
 
 class TracingSettings(_Strict):
