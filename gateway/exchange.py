@@ -75,16 +75,20 @@ def parse_sse(chunks: Iterable[bytes]) -> ParsedAnswer:
     parts: list[str] = []
     tokens: list[float] = []
     tops: list[dict[str, float]] = []
-    for line in b"".join(chunks).split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            continue
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            continue
+    # One orjson call for the whole stream (the events joined into a JSON array) instead of one per event;
+    # a stream with a malformed event falls back to parsing event by event and skipping the bad ones.
+    data = [line[5:].strip() for line in b"".join(chunks).split(b"\n") if line.startswith(b"data:")]
+    data = [d for d in data if d and d != b"[DONE]"]
+    try:
+        docs = orjson.loads(b"[" + b",".join(data) + b"]")
+    except orjson.JSONDecodeError:
+        docs = []
+        for d in data:
+            try:
+                docs.append(orjson.loads(d))
+            except orjson.JSONDecodeError:
+                continue
+    for doc in docs:
         if not isinstance(doc, dict):
             continue
         _usage(answer, doc.get("usage"))
