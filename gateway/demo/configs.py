@@ -111,7 +111,8 @@ def write_prometheus_config(path: Path, *, rule_files: list[Path], gateway_port:
                             alertmanager_port: int | None) -> Path:
     doc: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(p) for p in rule_files],
+        # Prometheus resolves relative rule paths against the config file's folder, not our cwd.
+        "rule_files": [str(p.resolve()) for p in rule_files],
         "scrape_configs": [
             {"job_name": "distillgate-gateway", "static_configs": [{"targets": [f"127.0.0.1:{gateway_port}"]}]},
             {"job_name": "vllm-student", "static_configs": [{"targets": [f"127.0.0.1:{vllm_port}"]}]},

@@ -53,6 +53,20 @@ def test_monitoring_configs_pass_promtool_and_amtool(prometheus_bin: dict[str, s
         assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.prometheus
+def test_monitoring_config_finds_its_rules_from_a_relative_workdir(
+        prometheus_bin: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `make demo` runs with the relative workdir demo-out/; the rules must still load.
+    monkeypatch.chdir(tmp_path)
+    rules = render_demo_rules(Path("demo-out/monitoring/rules"), agreement_threshold=0.8)
+    prom = write_prometheus_config(Path("demo-out/monitoring/prometheus.yml"), rule_files=rules, gateway_port=1,
+                                   vllm_port=2, alertmanager_port=3)
+    out = subprocess.run([prometheus_bin["promtool"], "check", "config", str(prom.resolve())],
+                         capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 2 rule files found" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
 def test_demo_is_a_cli_subcommand() -> None:
     args = build_parser().parse_args(["demo", "--quick", "--monitoring", "watcher"])
     assert args.needs_config is False and args.quick and args.monitoring == "watcher"
