@@ -64,6 +64,7 @@ def _setup(env: DemoEnv, console: Console) -> None:
         t0 = time.time()
         with console.status(text + " ..."):
             step(env)
+        env.timeline.phases[f"setup: {step.__name__.replace('_', ' ')}"] = time.time() - t0
         console.print(f"[green]✓[/] {text} [dim]({time.time() - t0:.0f}s)[/]")
     env.timeline.stack_ready = time.time()
 
@@ -75,7 +76,7 @@ def run_demo(args: argparse.Namespace, config: Any = None) -> int:
     from gateway.demo.observe import Snapshot
     from gateway.demo.processes import MissingBinaryError, ProcessStartError
     from gateway.demo.scenario import demo_env, run_traffic_stages, write_outputs
-    from gateway.demo.summary import status_panel, summary_table
+    from gateway.demo.summary import loop_table, status_panel, summary_table
 
     console = Console()
     for noisy in ("httpx", "httpx2", "openai", "alembic", "httpcore"):
@@ -93,6 +94,7 @@ def run_demo(args: argparse.Namespace, config: Any = None) -> int:
                 asyncio.run(run_traffic_stages(env, on_status))
             rows, report = write_outputs(env)
             console.print(summary_table(rows))
+            console.print(loop_table(env.loop))
             tl = env.timeline
             console.print(f"alert: {'fired: ' + ', '.join(tl.alert_names) if tl.alert_fired else '[red]did not fire[/]'}; "
                           f"re-distilled version live: {tl.promoted_version or '[red]none[/]'}"

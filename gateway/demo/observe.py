@@ -21,13 +21,19 @@ class Snapshot:
     live_version: str | None  # None: the base student
     versions: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     versions_available: bool = False  # the control API answered
+    agreement_upper: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def overall_key(self) -> tuple[str, str] | None:
+        """The (version, slice) series overall_agreement() reads, or None without any."""
+        key = (self.live_version or "base", "all")
+        if key in self.agreement:
+            return key
+        return min(self.agreement, key=lambda k: self.agreement[k]) if self.agreement else None
 
     def overall_agreement(self) -> float | None:
         """Agreement of the serving version over all slices (the lowest series when that one is absent)."""
-        overall = self.agreement.get((self.live_version or "base", "all"))
-        if overall is not None:
-            return overall
-        return min(self.agreement.values()) if self.agreement else None
+        key = self.overall_key()
+        return None if key is None else self.agreement[key]
 
 
 COUNTERS = (
@@ -35,11 +41,14 @@ COUNTERS = (
     "distillgate_redistill_triggers_total", "distillgate_redistill_jobs_total", "distillgate_promotions_total",
     "distillgate_teacher_spend_dollars_total", "distillgate_saved_dollars_total",
 )
+# Histogram parts kept as counters under their sample name (summed over labels).
+HISTOGRAM_PARTS = ("distillgate_redistill_job_duration_seconds_sum", "distillgate_redistill_job_duration_seconds_count")
 
 
 def parse_gateway_metrics(text: str, model: str) -> dict[str, Any]:
     agreement: dict[tuple[str, str], float] = {}
     lower: dict[tuple[str, str], float] = {}
+    upper: dict[tuple[str, str], float] = {}
     counters: dict[str, float] = {}
     drift = None
     live = None
@@ -53,6 +62,10 @@ def parse_gateway_metrics(text: str, model: str) -> dict[str, Any]:
                 agreement[(labels.get("version", ""), labels.get("slice", ""))] = sample.value
             elif name == "distillgate_agreement_lower_bound_ratio":
                 lower[(labels.get("version", ""), labels.get("slice", ""))] = sample.value
+            elif name == "distillgate_agreement_upper_bound_ratio":
+                upper[(labels.get("version", ""), labels.get("slice", ""))] = sample.value
+            elif name in HISTOGRAM_PARTS:
+                counters[name] = counters.get(name, 0.0) + sample.value
             elif name == "distillgate_input_drift_score":
                 drift = sample.value
             elif name == "distillgate_model_version_info" and labels.get("status") == "live" and sample.value:
@@ -62,7 +75,7 @@ def parse_gateway_metrics(text: str, model: str) -> dict[str, Any]:
                 if base in COUNTERS:
                     key = base + (f"{{status={labels['status']}}}" if "status" in labels and base != COUNTERS[0] else "")
                     counters[key] = counters.get(key, 0.0) + sample.value
-    return {"agreement": agreement, "lower": lower, "drift": drift, "counters": counters, "live": live}
+    return {"agreement": agreement, "lower": lower, "upper": upper, "drift": drift, "counters": counters, "live": live}
 
 
 class Observer:
@@ -111,7 +124,7 @@ class Observer:
         snap = Snapshot(
             at=time.time(), agreement=parsed["agreement"], agreement_lower=parsed["lower"],
             input_drift=parsed["drift"], counters=parsed["counters"], alerts=await self.firing_alerts(),
-            live_version=live, versions=versions, versions_available=available,
+            live_version=live, versions=versions, versions_available=available, agreement_upper=parsed["upper"],
         )
         self.history.append(snap)
         return snap

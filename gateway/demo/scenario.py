@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.demo.configs import (
     API_KEY_ENV,
@@ -42,7 +42,7 @@ from gateway.demo.processes import (
     stop_strays,
 )
 from gateway.demo.student import SERVED_NAME, build_demo_student
-from gateway.demo.summary import StageSummary, summarize, write_report
+from gateway.demo.summary import LoopInputs, StageSummary, loop_rows, summarize, write_report
 from gateway.demo.task import TicketGenerator
 from gateway.demo.teacher import DEFAULT_NAME as TEACHER_NAME
 from gateway.demo.traffic import TrafficLog, gateway_client, run_traffic
@@ -96,6 +96,8 @@ class Timeline:
     job_outcome: str | None = None  # rejected | failed, when the re-distillation job did not produce a version
     recovery_started: float | None = None
     finished: float | None = None
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # traffic stage -> (start, end)
+    phases: dict[str, float] = field(default_factory=dict)  # setup step or traffic stage -> wall seconds
 
 
 class DemoStack:
@@ -141,6 +143,7 @@ class DemoEnv:
     timeline: Timeline = field(default_factory=Timeline)
     initial_live: str | None = None
     snapshots: list[Snapshot] = field(default_factory=list)
+    loop: list[tuple[str, str]] = field(default_factory=list)  # the "loop" rows, set by write_outputs
 
 
 # --- steps ------------------------------------------------------------------------------------------
@@ -245,13 +248,11 @@ def start_monitoring(env: DemoEnv) -> None:
 
 def start_stack(env: DemoEnv) -> None:
     """Steps 1-6 in order."""
-    build_base_student(env)
-    start_teacher_server(env)
-    distill_student(env)
-    start_student_server(env)
-    choose_monitoring(env)
-    start_gateway_server(env)
-    start_monitoring(env)
+    for step in (build_base_student, start_teacher_server, distill_student, start_student_server,
+                 choose_monitoring, start_gateway_server, start_monitoring):
+        t0 = time.time()
+        step(env)
+        env.timeline.phases[f"setup: {step.__name__.replace('_', ' ')}"] = time.time() - t0
     env.timeline.stack_ready = time.time()
 
 
@@ -307,6 +308,7 @@ async def _stage(env: DemoEnv, stage: str, *, drift: float, count: int | None, u
 
     done = asyncio.Event()
     watch = asyncio.create_task(_observe(env, observer, stage, on_status, done))
+    started = time.time()
     try:
         return await run_traffic(client, LOGICAL_MODEL, tickets, stage=stage, log=env.log,
                                  concurrency=s.concurrency, rate_per_s=rate_per_s or s.rate_per_s, stop=stop)
@@ -315,6 +317,8 @@ async def _stage(env: DemoEnv, stage: str, *, drift: float, count: int | None, u
         await watch
         await observer.close()
         await client.close()
+        env.timeline.windows[stage] = (started, time.time())
+        env.timeline.phases[f"traffic: {stage}"] = time.time() - started
 
 
 async def record_initial_version(env: DemoEnv) -> str | None:
@@ -391,9 +395,34 @@ def write_outputs(env: DemoEnv) -> tuple[list[StageSummary], Path]:
         "promoted version": f"{tl.promoted_version} after {tl.promoted - tl.drift_started:.0f}s of drift"
         if tl.promoted and tl.promoted_version and tl.drift_started else f"none (job {tl.job_outcome or 'unfinished'})",
     }
+    env.loop = loop_rows(LoopInputs(
+        snapshots=env.snapshots, windows=tl.windows, phases=tl.phases, drift_started=tl.drift_started,
+        alert_fired=tl.alert_fired, trigger_accepted=tl.trigger_accepted, promoted=tl.promoted,
+        versions=_final_versions(env), promoted_version=tl.promoted_version))
+    facts.update(env.loop)
     path = write_report(s.report_path, rows=rows, outcomes=env.log.outcomes, snapshots=env.snapshots, marks=marks,
                         facts=facts, evaluator_report=evaluator_report)
     return rows, path
+
+
+def _final_versions(env: DemoEnv) -> tuple[dict[str, Any], ...]:
+    """One versions call while the stack is up (gate reports); the last snapshot's list when it fails."""
+    last = env.snapshots[-1].versions if env.snapshots else ()
+
+    async def fetch() -> tuple[dict[str, Any], ...]:
+        observer = Observer(env.gateway_url or "", env.api_key, LOGICAL_MODEL, None)
+        try:
+            return (await observer.versions())[2]
+        finally:
+            await observer.close()
+
+    if not env.gateway_url:
+        return last
+    try:
+        return asyncio.run(fetch()) or last
+    except Exception as exc:  # a missing gate report must not cost the run its summary
+        log.warning("versions call failed: %s: %s", type(exc).__name__, exc)
+        return last
 
 
 def _evaluator_report(env: DemoEnv) -> Path | None:

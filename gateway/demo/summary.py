@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 from rich.panel import Panel
 from rich.table import Table
@@ -140,3 +141,150 @@ stored teacher answers; the new LoRA version is gated, promoted and loaded into 
 <h2>Run</h2><table>{fact_rows}</table>{link}
 </body></html>""")
     return path
+
+
+# --- the loop: agreement per stage, delays, gate retention, spend, wall times ------------------------
+
+AGREEMENT_STAGES = (("before", "before drift"), ("drift", "during drift"), ("recovery", "after re-distillation"))
+SPEND = "distillgate_teacher_spend_dollars_total"
+SAVED = "distillgate_saved_dollars_total"
+JOB_SUM = "distillgate_redistill_job_duration_seconds_sum"
+JOB_COUNT = "distillgate_redistill_job_duration_seconds_count"
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """The gateway's agreement gauge with its Wilson bounds (None: that gauge was absent)."""
+
+    ratio: float
+    lower: float | None
+    upper: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    spend: float
+    saved: float
+
+    @property
+    def ratio(self) -> float | None:
+        """Teacher spend as a share of the all-teacher baseline (spend + saved)."""
+        baseline = self.spend + self.saved
+        return self.spend / baseline if baseline > 0 else None
+
+
+def agreement_at(snap: Snapshot) -> Interval | None:
+    key = snap.overall_key()
+    if key is None:
+        return None
+    return Interval(snap.agreement[key], snap.agreement_lower.get(key), snap.agreement_upper.get(key))
+
+
+def stage_agreement(snapshots: list[Snapshot], window: tuple[float, float] | None) -> Interval | None:
+    """The last agreement reading taken inside the stage's [start, end] window."""
+    if window is None:
+        return None
+    inside = [s for s in snapshots if window[0] <= s.at <= window[1] and s.overall_key() is not None]
+    return agreement_at(inside[-1]) if inside else None
+
+
+def agreement_by_stage(snapshots: list[Snapshot], windows: dict[str, tuple[float, float]]) -> dict[str, Interval | None]:
+    return {stage: stage_agreement(snapshots, windows.get(stage)) for stage, _ in AGREEMENT_STAGES}
+
+
+def seconds_between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
+
+
+def _last_counter(snapshots: list[Snapshot], name: str) -> float | None:
+    for snap in reversed(snapshots):
+        if name in snap.counters:
+            return snap.counters[name]
+    return None
+
+
+def job_duration_s(snapshots: list[Snapshot]) -> float | None:
+    """Mean re-distillation job wall time from the gateway's histogram (sum / count)."""
+    total, count = _last_counter(snapshots, JOB_SUM), _last_counter(snapshots, JOB_COUNT)
+    return total / count if total is not None and count else None
+
+
+def spend_of(snapshots: list[Snapshot]) -> Spend | None:
+    spend, saved = _last_counter(snapshots, SPEND), _last_counter(snapshots, SAVED)
+    if spend is None and saved is None:
+        return None
+    return Spend(spend or 0.0, saved or 0.0)
+
+
+def promoted_gate(versions: tuple[dict[str, Any], ...] | list[dict[str, Any]], version_id: str | None) -> dict[str, Any] | None:
+    """The gate report of the promoted version (versions[].gate from the control API)."""
+    for v in versions:
+        if version_id is not None and v.get("id") == version_id:
+            return v.get("gate") or None
+    return None
+
+
+def _secs(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}s"
+
+
+def _interval(i: Interval | None) -> str:
+    if i is None:
+        return "—"
+    bounds = f" (Wilson {_pct(i.lower)}–{_pct(i.upper)})" if i.lower is not None and i.upper is not None else ""
+    return _pct(i.ratio) + bounds
+
+
+def _num(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
+
+
+def _gate(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "—"
+    return (f"{_pct(gate.get('retention')) if isinstance(gate.get('retention'), (int, float)) else '—'} "
+            f"(candidate {_num(gate.get('candidate_score'))}, teacher {_num(gate.get('teacher_score'))}, "
+            f"previous {_num(gate.get('current_score'))}, n={gate.get('n', '—')})")
+
+
+def _spend(s: Spend | None) -> str:
+    if s is None:
+        return "—"
+    return f"${s.spend:.4f} spent, ${s.saved:.4f} saved: {_pct(s.ratio)} of all-teacher"
+
+
+@dataclass(frozen=True, slots=True)
+class LoopInputs:
+    snapshots: list[Snapshot]
+    windows: dict[str, tuple[float, float]]  # traffic stage -> (start, end)
+    phases: dict[str, float]  # phase -> wall seconds, in order
+    drift_started: float | None
+    alert_fired: float | None
+    trigger_accepted: float | None
+    promoted: float | None
+    versions: tuple[dict[str, Any], ...]
+    promoted_version: str | None
+
+
+def loop_rows(x: LoopInputs) -> list[tuple[str, str]]:
+    """(what, value) rows for the terminal's "loop" table and the report's facts; "—" when unknown."""
+    agreement = agreement_by_stage(x.snapshots, x.windows)
+    rows = [(f"agreement {label}", _interval(agreement[stage])) for stage, label in AGREEMENT_STAGES]
+    rows += [
+        ("detection delay (drift → alert)", _secs(seconds_between(x.drift_started, x.alert_fired))),
+        ("re-distillation (trigger → live)", _secs(seconds_between(x.trigger_accepted, x.promoted))),
+        ("re-distillation job (own duration)", _secs(job_duration_s(x.snapshots))),
+        ("retention vs teacher (held-out gate)", _gate(promoted_gate(x.versions, x.promoted_version))),
+        ("teacher spend", _spend(spend_of(x.snapshots))),
+    ]
+    rows += [(f"wall time: {name}", _secs(secs)) for name, secs in x.phases.items()]
+    return rows
+
+
+def loop_table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(title="distillgate demo — loop", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for what, value in rows:
+        table.add_row(what, value)
+    return table

@@ -16,7 +16,7 @@ from gateway.demo.configs import (
     write_gateway_config,
     write_prometheus_config,
 )
-from gateway.demo.observe import parse_gateway_metrics
+from gateway.demo.observe import Snapshot, parse_gateway_metrics
 from gateway.demo.summary import summarize, write_report
 from gateway.demo.traffic import Outcome, TrafficLog
 
@@ -134,3 +134,78 @@ def test_choose_monitoring_falls_back_to_the_watcher_only_when_allowed(tmp_path:
         env.settings.monitoring = "prometheus"
         with pytest.raises(MissingBinaryError):
             choose_monitoring(env)
+
+
+def _snap(at: float, version: str, ratio: float, lower: float, upper: float, live: str | None = None,
+          **counters: float) -> Snapshot:
+
+    key = (version, "all")
+    return Snapshot(at=at, agreement={key: ratio, (version, "billing"): 0.1}, agreement_lower={key: lower},
+                    input_drift=None, counters=dict(counters), alerts=(), live_version=live,
+                    agreement_upper={key: upper})
+
+
+def test_loop_summary_agreement_per_stage_delays_gate_and_spend() -> None:
+    from gateway.demo.summary import LoopInputs, agreement_by_stage, job_duration_s, loop_rows, spend_of
+
+    spend, saved = "distillgate_teacher_spend_dollars_total", "distillgate_saved_dollars_total"
+    snaps = [
+        _snap(1, "base", 0.97, 0.90, 0.99),
+        _snap(9, "base", 0.95, 0.88, 0.98),   # last reading before drift
+        _snap(15, "base", 0.70, 0.60, 0.78),
+        _snap(29, "base", 0.55, 0.45, 0.64),  # last reading during drift
+        _snap(60, "base", 0.50, 0.40, 0.60, **{spend: 0.5, saved: 1.0}),
+        _snap(95, "v2", 0.92, 0.85, 0.96, live="v2", **{spend: 1.0, saved: 3.0,
+                                                        "distillgate_redistill_job_duration_seconds_sum": 50.0,
+                                                        "distillgate_redistill_job_duration_seconds_count": 2.0}),
+    ]
+    windows = {"before": (0.0, 10.0), "drift": (10.0, 30.0), "redistill": (30.0, 80.0), "recovery": (80.0, 100.0)}
+    by_stage = agreement_by_stage(snaps, windows)
+    assert (by_stage["before"].ratio, by_stage["before"].lower, by_stage["before"].upper) == (0.95, 0.88, 0.98)
+    assert by_stage["drift"].ratio == 0.55 and by_stage["drift"].lower == 0.45
+    assert by_stage["recovery"].ratio == 0.92 and by_stage["recovery"].upper == 0.96  # the live version's series
+    assert agreement_by_stage(snaps, {})["before"] is None
+    assert job_duration_s(snaps) == pytest.approx(25.0)
+    cost = spend_of(snaps)
+    assert cost is not None and (cost.spend, cost.saved) == (1.0, 3.0) and cost.ratio == pytest.approx(0.25)
+    assert spend_of(snaps[:2]) is None
+
+    versions = ({"id": "v1", "gate": None},
+                {"id": "v2", "gate": {"retention": 0.9, "candidate_score": 0.81, "teacher_score": 0.9,
+                                      "current_score": 0.4, "n": 40}})
+    rows = dict(loop_rows(LoopInputs(
+        snapshots=snaps, windows=windows, phases={"traffic: before": 10.0, "traffic: drift": 20.0},
+        drift_started=10.0, alert_fired=28.0, trigger_accepted=30.0, promoted=78.5, versions=versions,
+        promoted_version="v2")))
+    assert rows["agreement before drift"] == "95.0% (Wilson 88.0%–98.0%)"
+    assert rows["agreement during drift"].startswith("55.0%")
+    assert rows["agreement after re-distillation"].startswith("92.0%")
+    assert rows["detection delay (drift → alert)"] == "18s"
+    assert rows["re-distillation (trigger → live)"] == "48s"
+    assert rows["re-distillation job (own duration)"] == "25s"
+    assert rows["retention vs teacher (held-out gate)"].startswith("90.0% (candidate 0.810, teacher 0.900")
+    assert "25.0% of all-teacher" in rows["teacher spend"]
+    assert rows["wall time: traffic: drift"] == "20s"
+
+    unknown = dict(loop_rows(LoopInputs(snapshots=[], windows={}, phases={}, drift_started=None, alert_fired=None,
+                                        trigger_accepted=None, promoted=None, versions=(), promoted_version=None)))
+    assert set(unknown.values()) == {"—"}
+
+
+def test_parse_gateway_metrics_reads_bounds_spend_and_job_histogram() -> None:
+    text = "\n".join([
+        "# TYPE distillgate_agreement_upper_bound_ratio gauge",
+        'distillgate_agreement_upper_bound_ratio{model="m",version="base",slice="all"} 0.7',
+        "# TYPE distillgate_teacher_spend_dollars counter",
+        'distillgate_teacher_spend_dollars_total{model="m"} 0.25',
+        "# TYPE distillgate_redistill_job_duration_seconds histogram",
+        'distillgate_redistill_job_duration_seconds_bucket{model="m",le="+Inf"} 1',
+        'distillgate_redistill_job_duration_seconds_sum{model="m"} 42.5',
+        'distillgate_redistill_job_duration_seconds_count{model="m"} 1',
+        "",
+    ])
+    parsed = parse_gateway_metrics(text, "m")
+    assert parsed["upper"] == {("base", "all"): 0.7}
+    assert parsed["counters"]["distillgate_teacher_spend_dollars_total"] == 0.25
+    assert parsed["counters"]["distillgate_redistill_job_duration_seconds_sum"] == 42.5
+    assert parsed["counters"]["distillgate_redistill_job_duration_seconds_count"] == 1
