@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from evaluator.records import ExchangeRecord, ShadowPair
 from evaluator.store.rows import request_hash
 from redistill.dedup import dedup_indices
 from redistill.filters import FilterReport, FilterSettings, apply_filters
+from redistill.jsonl import iter_jsonl
 from redistill.manifest import Dataset, model_datasets, write_dataset
 from redistill.mix import oversample, slice_shares
 from redistill.records import Example
@@ -58,13 +57,7 @@ def example_from(teacher: ExchangeRecord, *, slice_: str, disagreement: bool, la
 async def teacher_seed_records(seed_file: Path, model: str, ask_teacher: AskTeacher) -> list[ExchangeRecord]:
     """Seed JSONL lines are request bodies ({"messages": [...], ...} or {"prompt": ...}), each sent once."""
     out = []
-    for n, line in enumerate(seed_file.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            body = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise DatasetError(f"{seed_file}:{n}: not JSON ({exc})") from None
+    for n, body in iter_jsonl(seed_file, DatasetError):
         if not isinstance(body, dict) or not ("messages" in body or "prompt" in body):
             raise DatasetError(f"{seed_file}:{n}: needs 'messages' or 'prompt'")
         out.append(await ask_teacher({**body, "model": model}))

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from redistill.jsonl import iter_jsonl
 from redistill.manifest import Dataset, write_dataset
 from redistill.records import Example
 
@@ -58,13 +59,7 @@ def write_review_file(dataset: Dataset, n: int, out: Path, seed: int = 0) -> int
 
 def read_verdicts(path: Path) -> dict[str, str]:
     verdicts: dict[str, str] = {}
-    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ReviewError(f"{path}:{n}: not JSON ({exc})") from None
+    for n, line in iter_jsonl(path, ReviewError):
         verdict = line.get("review") if isinstance(line, dict) else None
         if verdict is None:
             continue  # not reviewed
