@@ -12,10 +12,9 @@ import time
 from typing import Any
 
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 
 import httpx
-from fakes.gateway_thread import GatewayThread
+from fakes.gateway_thread import GatewayThread, metric_value
 from fakes.openai_server import FakeOpenAI
 from gateway.config import parse_config
 from redistill.promote import PromotionController
@@ -48,14 +47,6 @@ def _wait(predicate, timeout_s: float = 20.0) -> None:  # noqa: ANN001
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
-
-
-def _metric(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 def test_shadow_stage_version_is_scored_against_the_teacher_with_zero_exposure(tmp_path) -> None:  # noqa: ANN001
@@ -104,9 +95,9 @@ def test_shadow_stage_version_is_scored_against_the_teacher_with_zero_exposure(t
             assert not any(body.get("stream") for body, _ in asked)
 
             metrics = httpx.get(g.url + "/metrics").text
-            assert _metric(metrics, "distillgate_agreement_samples", model="support", version=CANDIDATE,
+            assert metric_value(metrics, "distillgate_agreement_samples", model="support", version=CANDIDATE,
                            slice="all") == 10
-            assert _metric(metrics, "distillgate_agreement_ratio", model="support", version=CANDIDATE,
+            assert metric_value(metrics, "distillgate_agreement_ratio", model="support", version=CANDIDATE,
                            slice="all") == 0.9
 
             store = ev.store

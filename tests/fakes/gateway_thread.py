@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import DistillgateConfig
@@ -58,3 +59,12 @@ class GatewayThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The sample `name{labels...}` from a /metrics exposition (labels must match exactly those given)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fakes.gateway_thread import metric_value  # noqa: F401 - re-exported for the gateway tests
 from fakes.openai_server import FakeOpenAI
 from gateway.config import DistillgateConfig, parse_config
 
@@ -73,17 +74,6 @@ def make_config(student: FakeOpenAI, teacher: FakeOpenAI) -> Callable[..., Disti
         return parse_config(deep_merge(data, extra or {}), environ={})
 
     return build
-
-
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The sample `name{labels...}` from a /metrics exposition (labels must match exactly those given)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 def chat_body(content: str = "hello", model: str = "support", **extra: Any) -> dict[str, Any]:
