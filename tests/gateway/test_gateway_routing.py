@@ -93,14 +93,18 @@ def test_canary_split_follows_the_registry(make_config, student, tmp_path):
         assert [r["model"] for r in student.requests] == ["student-served"] * 2  # no live version: base model
         registry.promote_live(version("v1").id, "first")
         registry.set_status(version("v2").id, "canary", "try it")
-        _wait_for(lambda: (_routes(g, 1), student.requests[-1]["model"] != "student-served")[1])
+        # Wait on the gateway's own registry snapshot: one request landing on v1 could be the live share
+        # of a snapshot that does not have the canary yet.
+        poller = g.app.state.poller
+        _wait_for(lambda: (a := poller.active("support")) is not None and a.live is not None
+                  and a.live.id == "v1" and a.canary is not None and a.canary.id == "v2")
         student.requests.clear()
         _routes(g, 200)
         models = [r["model"] for r in student.requests]
         assert set(models) <= {"v1", "v2"}
         assert 20 <= models.count("v2") <= 85  # Binomial(200, 0.25): mean 50
         registry.set_status("v2", "rejected", "bad canary")
-        _wait_for(lambda: (_routes(g, 1), student.requests[-1]["model"] == "v1")[1])
+        _wait_for(lambda: (a := poller.active("support")) is not None and a.canary is None)
         student.requests.clear()
         _routes(g, 30)
         assert {r["model"] for r in student.requests} == {"v1"}
