@@ -82,6 +82,8 @@ class Evaluator:
                                            for name, m in self.models.items()}
         self._samplers = {name: Sampler(m.shadow, lambda n=name: self.spend.shadow_tokens_last_hour(n))
                           for name, m in self.models.items()}
+        # Label children resolved once: `.labels()` on every request costs more than the increment.
+        self._offered = {name: self.metrics.shadow_offered.labels(name) for name in self.models}
         self._agreement = RollingAgreement(settings.agreement)
         self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift,
                                    to_observation=observation_of)
@@ -144,7 +146,7 @@ class Evaluator:
             sampler = self._samplers.get(record.model)
             if sampler is None:
                 return False
-            self.metrics.shadow_offered.labels(record.model).inc()
+            self._offered[record.model].inc()
             decision = sampler.decide(record, escalated=escalated, key_name=key_name, confidence=confidence)
             if decision is Decision.SKIP:
                 return False

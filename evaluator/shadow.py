@@ -45,8 +45,9 @@ class Sampler:
         return (
             (escalated and s.always_on_escalation)
             or (confidence is not None and s.always_below_confidence is not None and confidence < s.always_below_confidence)
-            or (key_name is not None and key_name in s.always_for_keys)
-            or (record.slice in s.always_for_slices or record.slice.split(":", 1)[0] in s.always_for_slices)
+            or (key_name is not None and bool(s.always_for_keys) and key_name in s.always_for_keys)
+            or (bool(s.always_for_slices)
+                and (record.slice in s.always_for_slices or record.slice.split(":", 1)[0] in s.always_for_slices))
         )
 
     def _budget_factor(self) -> float:
@@ -58,15 +59,16 @@ class Sampler:
 
     def decide(self, record: ExchangeRecord, *, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> Decision:
-        factor = self._budget_factor()
+        # The budget is only looked at for a request that would otherwise be sampled (it walks a window).
         if self._always(record, escalated, key_name, confidence):
-            return Decision.SAMPLE if factor > 0 else Decision.SPEND_CAP
-        if record.route != self._direction_route or self.settings.rate <= 0:
+            return Decision.SAMPLE if self._budget_factor() > 0 else Decision.SPEND_CAP
+        rate = self.settings.rate
+        if record.route != self._direction_route or rate <= 0:
             return Decision.SKIP
         u = hash_unit(record.request_id) if self.settings.deterministic else self._rng.random()
-        if u >= self.settings.rate:
+        if u >= rate:
             return Decision.SKIP
-        return Decision.SAMPLE if u < self.settings.rate * factor else Decision.SPEND_CAP
+        return Decision.SAMPLE if u < rate * self._budget_factor() else Decision.SPEND_CAP
 
 
 class ShadowQueue:

@@ -34,6 +34,7 @@ class SpendTracker:
         self._clock = clock
         self._shadow_hour: dict[str, deque[tuple[float, int]]] = {}
         self._shadow_hour_total: dict[str, int] = {}
+        self._saved: dict[str, object] = {}
 
     def observe_served(self, record: ExchangeRecord) -> None:
         settings = self._models.get(record.model)
@@ -45,7 +46,10 @@ class SpendTracker:
         else:
             saved = teacher_cost(settings.prices, p, c) - student_cost(settings.prices, p, c)
             if saved > 0:
-                self._metrics.saved.labels(record.model).inc(saved)
+                counter = self._saved.get(record.model)
+                if counter is None:  # `.labels()` once per model, not per request
+                    counter = self._saved[record.model] = self._metrics.saved.labels(record.model)
+                counter.inc(saved)
 
     def observe_shadow(self, record: ExchangeRecord) -> None:
         """A shadow answer; only teacher answers cost teacher tokens (and count against the hourly cap)."""

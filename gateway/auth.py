@@ -23,6 +23,7 @@ class KeyInfo:
         return "*" in self.models or model in self.models
 
 
+_SEEN_CAP = 4096
 ANONYMOUS = KeyInfo(name="anonymous", models=frozenset({"*"}))
 
 
@@ -56,10 +57,17 @@ class Authenticator:
                 continue  # env var unset: that key simply cannot log in
             info = KeyInfo(k.name, frozenset(k.models), k.can_override_route, k.admin, k.rate_limit)
             self._keys.append((bytes.fromhex(digest), info))
+        # Header value -> key, for headers that already authenticated: hashing and comparing against every
+        # key is the dearest step of a request's auth. Only valid keys get in, so the size is bounded by how
+        # many spellings of valid keys clients send; it is cleared rather than grown past the cap.
+        self._seen: dict[tuple[str | None, str | None], KeyInfo] = {}
 
     def authenticate_header(self, authorization: str | None, api_key_header: str | None = None) -> KeyInfo:
         if self.open:
             return ANONYMOUS
+        seen = self._seen.get((authorization, api_key_header))
+        if seen is not None:
+            return seen
         token = bearer_token(authorization) or (api_key_header.strip() if api_key_header else None)
         if token is None:
             raise AuthenticationError("Missing API key: send `Authorization: Bearer <key>`.")
@@ -71,6 +79,9 @@ class Authenticator:
                 found = info
         if found is None:
             raise AuthenticationError("Incorrect API key provided.")
+        if len(self._seen) >= _SEEN_CAP:
+            self._seen.clear()
+        self._seen[(authorization, api_key_header)] = found
         return found
 
     def authenticate(self, request: _HasHeaders | Any) -> KeyInfo:

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from evaluator.records import ExchangeRecord
-from evaluator.slices import assign_slice
+from evaluator.slices import DEFAULT_SLICE, assign_slice
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
 from gateway.breaker import CircuitBreaker
@@ -156,6 +156,7 @@ class Proxy:
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
+        self.slices = {name: m.slices for name, m in config.models.items()}
         for name, m in config.models.items():
             r = m.routing
             for route in ("student", "teacher"):
@@ -230,7 +231,7 @@ class Proxy:
             if other is None:
                 raise
             fwd["model"] = other.upstream_model
-            self.metrics.fallbacks.labels(model).inc()
+            self.metrics.model(model).fallbacks.inc()
             result, doc = await self._attempt(model, other, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome("fallback", other), result, doc
 
@@ -254,13 +255,13 @@ class Proxy:
             return outcome, reply, doc, None
         answer = parse_response(doc)
         verdict = policy.check(answer)
-        self.metrics.cascade_checks.labels(model).inc()
+        self.metrics.model(model).cascade_checks.inc()
         if not verdict.escalate:
             if policy.strip_logprobs(doc, payload):
                 reply.body = orjson.dumps(doc)
             outcome.confidence = verdict.confidence
             return outcome, reply, doc, answer
-        self.metrics.escalations.labels(model).inc()
+        self.metrics.model(model).escalations.inc()
         teacher = router.side("teacher")
         fwd = dict(payload)
         fwd["model"] = teacher.upstream_model
@@ -270,7 +271,7 @@ class Proxy:
             if self._fallback_side(model, router, teacher, exc) is None:
                 raise
             # teacher_to_student: the escalation failed, so the student's own answer is served after all.
-            self.metrics.fallbacks.labels(model).inc()
+            self.metrics.model(model).fallbacks.inc()
             if policy.strip_logprobs(doc, payload):
                 reply.body = orjson.dumps(doc)
             return Outcome("fallback", outcome.decision, confidence=verdict.confidence), reply, doc, answer
@@ -325,7 +326,7 @@ class Proxy:
                 request_id=rid, model=model, route=record_route,
                 version=outcome.decision.version, endpoint=endpoint,
                 request=payload, answer=answer, status=200, latency_s=total, ttft_s=ttft_s,
-                slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
+                slice_name=assign_slice(self.slices[model], hdrs, payload) if self.slices[model] else DEFAULT_SLICE,
             )
             if outcome.escalated:
                 self._remember_student(record, outcome)
@@ -408,7 +409,7 @@ class ProxyEndpoint:
             try:
                 p.limiter.admit(key)
             except RateLimited:
-                p.metrics.rate_limited.labels(model).inc()
+                p.metrics.model(model).rate_limited.inc()
                 raise
             decision = router.decide(hdrs, payload, key, p.poller.active(model))
             route = decision.route
@@ -416,7 +417,7 @@ class ProxyEndpoint:
             if p.tracing is not None:
                 span = p.tracing.start(self.endpoint, model, "openai", hdrs)
                 p.tracing.inject(span, up_headers)
-            in_flight = p.metrics.in_flight_for(model)
+            in_flight = p.metrics.model(model).in_flight
             in_flight.inc()
             if stream:
                 await self._stream(t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span)

@@ -64,6 +64,21 @@ class PairStore:
                                    queue_size=self.settings.queue_size, metrics=self._metrics)
         self._counts = RouteCounts()
         self._rng = random.Random()
+        self._served_second = 0  # the monotonic second the sampled served rows below were counted in
+        self._served_in_second = 0
+
+    def _served_budget(self) -> bool:
+        """Whether one more sampled served-only exchange fits this second's cap (served_max_per_s)."""
+        cap = self.settings.served_max_per_s
+        if cap is None:
+            return True
+        second = int(time.monotonic())
+        if second != self._served_second:
+            self._served_second, self._served_in_second = second, 0
+        if self._served_in_second >= cap:
+            return False
+        self._served_in_second += 1
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -106,7 +121,7 @@ class PairStore:
         A served exchange that later becomes a shadow pair is stored with the pair whatever the sample said.
         """
         keep = (record.route in ALWAYS_STORED_ROUTES or record.status != 200
-                or self._rng.random() < self.settings.served_sample_rate)
+                or (self._rng.random() < self.settings.served_sample_rate and self._served_budget()))
         stored = keep and self.put_exchange(record)
         self._counts.add(record, stored)
         if self._counts.due(self.settings.counts_interval_s):

@@ -172,3 +172,50 @@ def test_cascade_student_payload_forwards_malformed_logprob_fields_as_sent():
     assert policy.student_payload({"top_logprobs": 7}, "chat")["top_logprobs"] == 7
     assert policy.student_payload({}, "chat")["top_logprobs"] == 2
     assert policy.student_payload({"logprobs": "x"}, "completions")["logprobs"] == 2
+
+
+def test_metrics_render_prometheus_buckets_counters_and_gauges() -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.exposition import generate_latest
+
+    from gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    series = metrics.series("m", "student")
+    for value in (0.005, 0.0051, 0.3, 99.0):  # on a bound, just above it, mid-range, past the last bound
+        series.duration.observe(value)
+    series.prompt_tokens.inc(7)
+    metrics.count_request("m", "student", 200)
+    metrics.count_request("m", "student", 200)
+    metrics.model("m").in_flight.inc()
+    metrics.set_breaker_state("m", "teacher", "open")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+
+    def bucket(le: str) -> float:
+        return samples[("distillgate_request_duration_seconds_bucket", (("le", le), ("model", "m"), ("route", "student")))]
+
+    assert bucket("0.005") == 1  # `le`: a value equal to a bound counts in that bucket
+    assert bucket("0.01") == 2 and bucket("0.25") == 2 and bucket("0.5") == 3 and bucket("60.0") == 3
+    assert bucket("+Inf") == 4
+    assert samples[("distillgate_request_duration_seconds_count", (("model", "m"), ("route", "student")))] == 4
+    assert samples[("distillgate_request_duration_seconds_sum", (("model", "m"), ("route", "student")))] == pytest.approx(99.3101)
+    assert samples[("distillgate_prompt_tokens_total", (("model", "m"), ("route", "student")))] == 7
+    assert samples[("distillgate_requests_total", (("model", "m"), ("route", "student"), ("status", "200")))] == 2
+    assert samples[("distillgate_in_flight_requests", (("model", "m"),))] == 1
+    assert samples[("distillgate_breaker_state", (("model", "m"), ("route", "teacher")))] == 2
+    GatewayMetrics(CollectorRegistry())  # a second app's registry: no clash
+
+
+def test_authenticator_remembers_a_valid_header_but_never_an_invalid_one() -> None:
+    from gateway.config import KeySettings
+
+    auth = Authenticator(AuthSettings(mode="keys", keys=[KeySettings(name="a", sha256=hash_key("sk-good"), models=["*"])]))
+    first = auth.authenticate_header("Bearer sk-good")
+    assert auth.authenticate_header("Bearer sk-good") is first
+    for _ in range(2):  # a wrong key fails every time, not only before some cache fills
+        with pytest.raises(AuthenticationError):
+            auth.authenticate_header("Bearer sk-bad")
+    assert ("Bearer sk-bad", None) not in auth._seen

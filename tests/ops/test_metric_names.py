@@ -49,13 +49,13 @@ def _exported() -> dict[str, Exported]:
             cls(registry=registry)
     out: dict[str, Exported] = {}
     for collector in list(registry._collector_to_names):  # every registered metric object
-        if not isinstance(collector, MetricWrapperBase):
-            continue
-        kind = collector._type
-        family = collector._name
-        labels = tuple(collector._labelnames)
-        for suffix in SUFFIXES[kind]:
-            out[family + suffix] = Exported(family, kind, labels)
+        if isinstance(collector, MetricWrapperBase):
+            described = [(collector._name, collector._type, tuple(collector._labelnames))]
+        else:  # a custom collector (gateway.metrics renders plain numbers at scrape time)
+            described = [(m.name, m.type, tuple(m._labelnames)) for m in collector.describe()]
+        for family, kind, labels in described:
+            for suffix in SUFFIXES[kind]:
+                out[family + suffix] = Exported(family, kind, labels)
     return out
 
 
