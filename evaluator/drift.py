@@ -229,6 +229,11 @@ class _ModelWindows:
         self.snapshot = DriftSnapshot(n=0)
         # Guards the windows between the observing (event loop) thread and the computing thread.
         self.lock = threading.Lock()
+        # Thinning (max_observed_per_s), touched only by the observing thread: every `stride`-th item is kept;
+        # `offered` counts items since `rate_since`, when the stride was last set from the rate.
+        self.stride = 1
+        self.offered = 0
+        self.rate_since = time.monotonic()
 
 
 class DriftMonitor:
@@ -271,8 +276,19 @@ class DriftMonitor:
             w.reference_fixed = True
 
     def observe(self, model: str, item: Any) -> None:
-        """An Observation, or anything `to_observation` accepts. O(1)."""
+        """An Observation, or anything `to_observation` accepts. O(1); above max_observed_per_s only every
+        k-th call keeps its item."""
         w = self._models.get(model) or self._windows(model)
+        w.offered += 1
+        if w.offered % w.stride:
+            return
+        cap = self.settings.max_observed_per_s
+        if cap is not None:
+            now = time.monotonic()
+            elapsed = now - w.rate_since
+            if elapsed >= 1.0:
+                w.stride = max(1, math.ceil(w.offered / elapsed / cap))
+                w.offered, w.rate_since = 0, now
         with w.lock:
             if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
                 w.reference.append(item)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 ROUTES = ("student", "teacher", "fallback", "cascade", "candidate")
 # Routes whose answer the teacher generated: fallback (the student failed) and cascade (escalated).
@@ -36,6 +36,27 @@ class ExchangeRecord:
     top_logprobs: tuple[dict[str, float], ...] | None = None
     slice: str = "default"
     created_at: float = field(default_factory=time.time)
+
+    def record(self) -> ExchangeRecord:
+        """Itself: an ExchangeRecord is the complete form of a ServedExchange."""
+        return self
+
+
+class ServedExchange(Protocol):
+    """What the gateway hands the evaluator for each served request: the fields every request needs
+    (counting, spend, sampling decisions) up front, and the complete ExchangeRecord on demand. The gateway
+    passes a lazy implementation because most served requests are only counted: their response text and
+    logprobs are assembled only when one is stored, shadowed or enters a drift comparison."""
+
+    request_id: str
+    model: str
+    route: str
+    status: int
+    slice: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    def record(self) -> ExchangeRecord: ...
 
 
 @dataclass(frozen=True, slots=True)

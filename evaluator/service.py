@@ -33,7 +33,7 @@ from evaluator.agreement import ALL, AgreementSnapshot, RollingAgreement
 from evaluator.drift import DriftMonitor, DriftSnapshot, Observation
 from evaluator.features import mean_logprob
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import CANDIDATE_ROUTE, TEACHER_ROUTES, ExchangeRecord, Feedback, ShadowPair
+from evaluator.records import CANDIDATE_ROUTE, TEACHER_ROUTES, ExchangeRecord, Feedback, ServedExchange, ShadowPair
 from evaluator.scorers import JudgeCall, LabelScorer, Scorer, build_scorer, request_text
 from evaluator.settings import EvaluatorSettings, ModelEvalSettings
 from evaluator.shadow import Decision, Sampler, ShadowQueue
@@ -58,8 +58,9 @@ def well_formed_request_id(request_id: str) -> bool:
     return 0 < len(request_id) <= MAX_REQUEST_ID and request_id.isprintable() and not any(c.isspace() for c in request_id)
 
 
-def observation_of(record: ExchangeRecord) -> Observation:
+def observation_of(served: ServedExchange) -> Observation:
     """Drift features of a served exchange (runs in the drift thread, not on the event loop)."""
+    record = served.record()
     answer = record.response_text if record.route not in TEACHER_ROUTES else None
     confidence = mean_logprob(record) if answer is not None else None
     return Observation(request_text(record.request), answer, confidence)
@@ -140,7 +141,7 @@ class Evaluator:
                 log.exception("store retention failed")
 
     # -- hot path (sync, O(1), never raises) -----------------------------------------------------------
-    def offer(self, record: ExchangeRecord, *, escalated: bool = False, key_name: str | None = None,
+    def offer(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
               confidence: float | None = None) -> bool:
         try:
             sampler = self._samplers.get(record.model)
@@ -157,7 +158,7 @@ class Evaluator:
             if not self._started:
                 self.metrics.shadow_dropped.labels(record.model, "shutdown").inc()
                 return False
-            if not self._queue.try_put(record):
+            if not self._queue.try_put(record.record()):
                 self.metrics.shadow_dropped.labels(record.model, "queue_full").inc()
                 return False
             self.metrics.shadow_queue_depth.set(self._queue.depth)
@@ -166,7 +167,7 @@ class Evaluator:
             log.exception("shadow offer failed")
             return False
 
-    def observe(self, record: ExchangeRecord) -> None:
+    def observe(self, record: ServedExchange) -> None:
         """Every served request: counted (and stored when sampled) for reports, counted for spend, appended to
         the drift window. Features and writes happen in background threads."""
         try:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from enum import Enum
 
-from evaluator.records import ExchangeRecord
+from evaluator.records import ExchangeRecord, ServedExchange
 from evaluator.settings import ShadowSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Sampler:
         self._rng = rng or random.Random()
         self._direction_route = "student" if settings.direction == "student_to_teacher" else "teacher"
 
-    def _always(self, record: ExchangeRecord, escalated: bool, key_name: str | None, confidence: float | None) -> bool:
+    def _always(self, record: ServedExchange, escalated: bool, key_name: str | None, confidence: float | None) -> bool:
         s = self.settings
         return (
             (escalated and s.always_on_escalation)
@@ -57,7 +57,7 @@ class Sampler:
         used = self._spent() / cap
         return max(0.0, min(1.0, 2.0 * (1.0 - used)))
 
-    def decide(self, record: ExchangeRecord, *, escalated: bool = False, key_name: str | None = None,
+    def decide(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> Decision:
         # The budget is only looked at for a request that would otherwise be sampled (it walks a window).
         if self._always(record, escalated, key_name, confidence):

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import TEACHER_ROUTES, ExchangeRecord
+from evaluator.records import TEACHER_ROUTES, ExchangeRecord, ServedExchange
 from evaluator.settings import ModelEvalSettings, PriceSettings
 
 HOUR_S = 3600.0
@@ -20,7 +20,7 @@ def student_cost(prices: PriceSettings, prompt_tokens: int, completion_tokens: i
     return (prompt_tokens * prices.student_prompt + completion_tokens * prices.student_completion) / 1e6
 
 
-def tokens(record: ExchangeRecord) -> tuple[int, int]:
+def tokens(record: ServedExchange) -> tuple[int, int]:
     return record.prompt_tokens or 0, record.completion_tokens or 0
 
 
@@ -36,7 +36,7 @@ class SpendTracker:
         self._shadow_hour_total: dict[str, int] = {}
         self._saved: dict[str, object] = {}
 
-    def observe_served(self, record: ExchangeRecord) -> None:
+    def observe_served(self, record: ServedExchange) -> None:
         settings = self._models.get(record.model)
         if settings is None:
             return

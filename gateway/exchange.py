@@ -150,3 +150,53 @@ def build_record(
 def mean_logprob(answer: ParsedAnswer) -> float | None:
     lp = answer.token_logprobs
     return sum(lp) / len(lp) if lp else None
+
+
+class LazyExchange:
+    """A served exchange for the evaluator (evaluator.records.ServedExchange): what every request is
+    counted by is set now; the ExchangeRecord, with the answer's text and logprobs, is assembled from the
+    upstream's parsed JSON only when `record()` is called, which most requests never are (they are counted,
+    not stored, shadowed or compared for drift). The drift thread may call `record()` too; a race only
+    builds the same record twice."""
+
+    __slots__ = ("request_id", "model", "route", "version", "endpoint", "request", "status", "slice",
+                 "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "_answer", "_doc", "_chunks", "_record")
+
+    def __init__(self, *, request_id: str, model: str, route: str, version: str, endpoint: str,
+                 request: dict[str, Any], slice_name: str, prompt_tokens: int | None, completion_tokens: int | None,
+                 latency_s: float, ttft_s: float | None, answer: ParsedAnswer | None = None,
+                 doc: dict[str, Any] | None = None, chunks: list[bytes] | None = None) -> None:
+        """The answer comes as one of: `answer` (already parsed), `doc` (a JSON response) or `chunks` (a
+        relayed SSE stream)."""
+        self.request_id = request_id
+        self.model = model
+        self.route = route
+        self.version = version
+        self.endpoint = endpoint
+        self.request = request
+        self.status = 200
+        self.slice = slice_name
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.latency_s = latency_s
+        self.ttft_s = ttft_s
+        self._answer = answer
+        self._doc = doc
+        self._chunks = chunks
+        self._record: ExchangeRecord | None = None
+
+    def record(self) -> ExchangeRecord:
+        record = self._record
+        if record is None:
+            answer = self._answer
+            if answer is None:
+                if self._doc is not None:
+                    answer = parse_response(self._doc)
+                else:
+                    answer = parse_sse(self._chunks) if self._chunks is not None else ParsedAnswer()
+            record = self._record = build_record(
+                request_id=self.request_id, model=self.model, route=self.route, version=self.version,
+                endpoint=self.endpoint, request=self.request, answer=answer, status=self.status,
+                latency_s=self.latency_s, ttft_s=self.ttft_s, slice_name=self.slice,
+            )
+        return record

@@ -43,7 +43,7 @@ from gateway.errors import (
     UpstreamStatus,
     error_response_parts,
 )
-from gateway.exchange import ParsedAnswer, build_record, parse_response, parse_sse
+from gateway.exchange import LazyExchange, ParsedAnswer, build_record, parse_response, parse_sse
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
@@ -282,7 +282,9 @@ class Proxy:
 
     def _finish(self, *, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
                 payload: dict, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None, doc: dict | None,
-                ttft_s: float | None, span: Any) -> None:
+                ttft_s: float | None, span: Any, chunks: list[bytes] | None = None) -> None:
+        """`chunks`: a stream's relayed SSE, whose full answer the evaluator assembles only if it needs it
+        (`answer` then holds just what the last chunks say: usage)."""
         total = time.perf_counter() - t0
         route = outcome.route
         series = self.metrics.series(model, route)
@@ -313,8 +315,6 @@ class Proxy:
         if ev is None or endpoint == "embeddings":
             return
         try:
-            if answer is None:
-                answer = parse_response(doc) if doc is not None else ParsedAnswer()
             # An escalated answer is the teacher's: the record says "cascade" (a teacher route for the evaluator).
             # The evaluator reads "fallback" as a teacher answer: a teacher->student fallback is recorded as
             # "student" (the side that answered) so pairs and teacher spend stay right.
@@ -322,16 +322,18 @@ class Proxy:
                 record_route = "cascade"
             else:
                 record_route = "student" if outcome.decision.route == "student" else route
-            record = build_record(
-                request_id=rid, model=model, route=record_route,
-                version=outcome.decision.version, endpoint=endpoint,
-                request=payload, answer=answer, status=200, latency_s=total, ttft_s=ttft_s,
-                slice_name=assign_slice(self.slices[model], hdrs, payload) if self.slices[model] else DEFAULT_SLICE,
+            slices = self.slices[model]
+            served = LazyExchange(
+                request_id=rid, model=model, route=record_route, version=outcome.decision.version,
+                endpoint=endpoint, request=payload, slice_name=assign_slice(slices, hdrs, payload) if slices else DEFAULT_SLICE,
+                prompt_tokens=prompt if isinstance(prompt, int) else None,
+                completion_tokens=completion if isinstance(completion, int) else None,
+                latency_s=total, ttft_s=ttft_s, answer=None if chunks is not None else answer, doc=doc, chunks=chunks,
             )
             if outcome.escalated:
-                self._remember_student(record, outcome)
-            ev.observe(record)
-            ev.offer(record, escalated=outcome.escalated, key_name=key.name, confidence=outcome.confidence)
+                self._remember_student(served.record(), outcome)
+            ev.observe(served)
+            ev.offer(served, escalated=outcome.escalated, key_name=key.name, confidence=outcome.confidence)
         except Exception:  # the evaluator must never break serving
             log.exception("evaluator hand-off failed for request %s", rid)
 
@@ -500,9 +502,8 @@ class ProxyEndpoint:
                 Tracing.finish(span, response_model=outcome.decision.upstream_model, route=outcome.route,
                                status=499 if stats.client_disconnected else 502, input_tokens=None, output_tokens=None)
             return
-        # Usage (and, for the evaluator, the text) sits in the last chunks; parse after the client has it all.
-        chunks = stats.chunks if p.evaluator is not None else stats.chunks[-3:]
-        answer = parse_sse(chunks)
+        # Usage sits in the last chunks; parse after the client has it all (the text only if the evaluator asks).
+        answer = parse_sse(stats.chunks[-3:])
         p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
                   outcome=outcome, upstream_s=spent.seconds + stats.upstream_wait_s, answer=answer, doc=None,
-                  ttft_s=stats.ttft_s, span=span)
+                  ttft_s=stats.ttft_s, span=span, chunks=stats.chunks)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evaluator.records import ExchangeRecord
+from evaluator.records import ServedExchange
 
 
 class RouteCounts:
@@ -22,7 +22,7 @@ class RouteCounts:
         # drain() may run in another thread (flush from a report) while add() runs on the loop.
         self._lock = threading.Lock()
 
-    def add(self, record: ExchangeRecord, stored: bool) -> None:
+    def add(self, record: ServedExchange, stored: bool) -> None:
         key = (record.model, record.route)
         with self._lock:
             row = self._counts.get(key)

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.sql import Select
 
 from evaluator.metrics import StoreMetrics
-from evaluator.records import ExchangeRecord, Feedback, ShadowPair
+from evaluator.records import ExchangeRecord, Feedback, ServedExchange, ShadowPair
 from evaluator.settings import StoreSettings
 from evaluator.store import schema
 from evaluator.store.counts import RouteCounts
@@ -114,7 +114,7 @@ class PairStore:
         """Queues a served exchange; False (and counted) when the queue is full or the store is closed."""
         return self._writer.put(("exchange", record))
 
-    def put_served(self, record: ExchangeRecord) -> bool:
+    def put_served(self, record: ServedExchange) -> bool:
         """A served request: always counted per route; its exchange stored when sampled (served_sample_rate)
         or when it must be (escalation, fallback, error). O(1). True when the exchange was queued.
 
@@ -122,7 +122,7 @@ class PairStore:
         """
         keep = (record.route in ALWAYS_STORED_ROUTES or record.status != 200
                 or (self._rng.random() < self.settings.served_sample_rate and self._served_budget()))
-        stored = keep and self.put_exchange(record)
+        stored = keep and self.put_exchange(record.record())
         self._counts.add(record, stored)
         if self._counts.due(self.settings.counts_interval_s):
             self._put_counts()

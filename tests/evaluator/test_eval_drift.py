@@ -141,3 +141,26 @@ def test_a_large_reference_is_compared_through_a_bounded_sample() -> None:
     monitor.wait_idle(60)
     monitor.close()
     assert monitor.snapshot("m").reference_n == 50
+
+
+def test_busy_traffic_is_thinned_to_max_observed_per_s_and_quiet_traffic_is_not() -> None:
+    settings = DriftSettings(window_size=400, reference_size=20, every_n=10**6, max_observed_per_s=50.0)
+    monitor = DriftMonitor(settings)
+    try:
+        w = monitor._windows("m")
+        for i in range(40):  # well within the first second: every item is kept
+            monitor.observe("m", Observation(f"q{i}", None))
+        assert len(w.reference) == 20 and len(w.current) == 20 and w.stride == 1
+        for i in range(950):  # a burst, still inside the same second: kept, the rate is only judged per second
+            monitor.observe("m", Observation(f"b{i}", None))
+        assert len(w.current) == 400 and w.stride == 1
+        w.rate_since -= 1.0  # one second has passed with 991 calls (this next one included): 19.8 x the cap
+        monitor.observe("m", Observation("turn", None))
+        assert w.stride == 20
+        before = list(w.current)
+        for i in range(200):
+            monitor.observe("m", Observation(f"t{i}", None))
+        added = [o.prompt for o in w.current if o not in before]
+        assert added == [f"t{i}" for i in range(19, 200, 20)]  # every 20th call: 10 of 200
+    finally:
+        monitor.close()

@@ -1,5 +1,6 @@
-"""What the gateway hands the evaluator: one ExchangeRecord per served response (observe + offer, after
-the response is sent), and `call_other` asking the side that did not answer.
+"""What the gateway hands the evaluator: one ServedExchange per served response (observe + offer, after
+the response is sent; its `record()` is the complete ExchangeRecord), and `call_other` asking the side
+that did not answer.
 
 The evaluator here is (except in the last test) a small recording stand-in that implements the Evaluator interface from the brief
 (offer/observe/start/stop) and, like the real one, runs call_other on the gateway's event loop.
@@ -12,7 +13,7 @@ import time
 import httpx
 
 from conftest import ADMIN_KEY, USER_KEY, chat_body
-from evaluator.records import ExchangeRecord
+from evaluator.records import ExchangeRecord, ServedExchange
 from fakes.gateway_thread import GatewayThread
 
 AUTH = {"authorization": f"Bearer {USER_KEY}"}
@@ -21,8 +22,8 @@ AUTH = {"authorization": f"Bearer {USER_KEY}"}
 class RecordingEvaluator:
     def __init__(self, call_other) -> None:
         self.call_other = call_other
-        self.observed: list[ExchangeRecord] = []
-        self.offered: list[tuple[ExchangeRecord, dict]] = []
+        self.observed: list[ServedExchange] = []
+        self.offered: list[tuple[ServedExchange, dict]] = []
         self.shadows: list[ExchangeRecord | BaseException] = []
         self.started = self.stopped = False
         self._tasks: set[asyncio.Task] = set()
@@ -33,13 +34,13 @@ class RecordingEvaluator:
     async def stop(self) -> None:
         self.stopped = True
 
-    def observe(self, record: ExchangeRecord) -> None:
+    def observe(self, record: ServedExchange) -> None:
         self.observed.append(record)
 
-    def offer(self, record: ExchangeRecord, *, escalated: bool = False, key_name: str | None = None,
+    def offer(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
               confidence: float | None = None) -> bool:
         self.offered.append((record, {"escalated": escalated, "key_name": key_name, "confidence": confidence}))
-        task = asyncio.get_running_loop().create_task(self._shadow(record))
+        task = asyncio.get_running_loop().create_task(self._shadow(record.record()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -78,8 +79,10 @@ def test_served_record_and_teacher_shadow(make_config, student, teacher):
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body("hi there", temperature=0),
                        headers={**AUTH, "x-tier": "pro"})
         _wait(lambda: len(ev.shadows) == 1)
-        served, meta = ev.offered[0]
-        assert ev.observed == [served]
+        handed, meta = ev.offered[0]
+        assert ev.observed == [handed]
+        served = handed.record()
+        assert handed.record() is served  # assembled once
         assert meta == {"escalated": False, "key_name": "user", "confidence": None}
         assert served.request_id == r.headers["x-request-id"] and served.model == "support"
         assert (served.route, served.version, served.endpoint) == ("student", "base", "chat")
@@ -106,7 +109,7 @@ def test_streamed_record_is_assembled(make_config, student):
         with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}), headers=AUTH) as r:
             b"".join(r.iter_raw())
         _wait(lambda: len(ev.shadows) == 1)
-        served = ev.offered[0][0]
+        served = ev.offered[0][0].record()
         assert served.response_text == "student says hi" and served.completion_tokens == 3
         assert served.ttft_s is not None and served.ttft_s <= served.latency_s
         assert "stream_options" not in student.requests[-1] or student.requests[-1]["stream"] is True
@@ -120,7 +123,7 @@ def test_teacher_served_shadows_to_the_student(make_config, student, teacher):
         httpx.post(g.url + "/v1/chat/completions", json=chat_body(),
                    headers={"authorization": f"Bearer {ADMIN_KEY}", "x-distillgate-route": "teacher"})
         _wait(lambda: len(ev.shadows) == 1)
-        assert ev.offered[0][0].route == "teacher"
+        assert ev.offered[0][0].record().route == "teacher"
         shadow = ev.shadows[0]
         assert (shadow.route, shadow.version, shadow.response_text) == ("student", "base", "student says hi")
         assert student.requests[-1]["model"] == "student-served" and "top_logprobs" not in student.requests[-1]
@@ -184,7 +187,7 @@ def test_fallback_answer_is_the_teachers_and_shadows_to_the_student(make_config,
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
         assert r.headers["x-distillgate-route"] == "fallback"
         _wait(lambda: len(ev.shadows) == 1)
-        served = ev.offered[0][0]
+        served = ev.offered[0][0].record()
         assert (served.route, served.version, served.response_text) == ("fallback", "teacher-served", "teacher says hi")
         assert (ev.shadows[0].route, ev.shadows[0].response_text) == ("student", "student says hi")
 
@@ -217,6 +220,6 @@ def test_teacher_to_student_fallback_is_recorded_as_the_students_answer(make_con
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH)
         assert r.status_code == 200 and r.headers["x-distillgate-route"] == "fallback"
         _wait(lambda: len(box["ev"].offered) == 1)
-        record = box["ev"].offered[0][0]
+        record = box["ev"].offered[0][0].record()
         # the evaluator reads "fallback" as a teacher answer: this one is the student's
         assert record.route == "student" and record.version == "base" and record.response_text == "student says hi"
