@@ -62,6 +62,7 @@ class RunResult:
     cpu_ms_per_req: float | None
     rss_start_mb: float | None
     rss_end_mb: float | None
+    root_rss_end_mb: float | None = None  # the server's own process, without children (e.g. the drift worker)
     rss_samples_mb: list[float] = field(default_factory=list)
     settle_s: float = 0.0  # how long the server kept working after the load stopped (counted in CPU/req)
 
@@ -133,6 +134,7 @@ def run_wrk(
         cpu_ms_per_req=cpu,
         rss_start_mb=round(before.rss_mb, 1) if before else None,
         rss_end_mb=round(after.rss_mb, 1) if after else None,
+        root_rss_end_mb=round(after.root_rss_mb, 1) if after else None,
         rss_samples_mb=watcher.samples,
         settle_s=round(settle, 2),
     )

@@ -13,8 +13,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 @dataclass(frozen=True)
 class TreeSample:
     cpu_s: float  # utime + stime of all live processes in the tree
-    rss_mb: float
+    rss_mb: float  # the whole tree
     pids: tuple[int, ...]
+    root_rss_mb: float = 0.0  # the root process alone (the gateway's serving process, without its drift worker)
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -43,16 +44,18 @@ def descendants(root: int) -> list[int]:
 
 
 def sample(root: int) -> TreeSample:
-    cpu_ticks, rss_pages, alive = 0, 0, []
+    cpu_ticks, rss_pages, root_pages, alive = 0, 0, 0, []
     for pid in descendants(root):
         fields = _stat_fields(pid)
         if not fields:
             continue
+        if pid == root:
+            root_pages = int(fields[21])
         # after comm: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
         cpu_ticks += int(fields[11]) + int(fields[12])
         rss_pages += int(fields[21])
         alive.append(pid)
-    return TreeSample(cpu_ticks / _TICKS, rss_pages * _PAGE / 1e6, tuple(alive))
+    return TreeSample(cpu_ticks / _TICKS, rss_pages * _PAGE / 1e6, tuple(alive), root_pages * _PAGE / 1e6)
 
 
 def wait_quiet(root: int, *, busy_below: float = 0.05, window_s: float = 0.5, timeout_s: float = 30.0) -> float:

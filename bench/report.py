@@ -32,12 +32,14 @@ class Ratio:
     target: str  # e.g. "<= 1.3"
     limit: float | None
     note: str = ""
+    at_least: bool = False  # the limit is a floor (value >= limit passes), not a ceiling
 
     @property
     def verdict(self) -> str:
         if self.value is None or self.limit is None:
             return "n/a"
-        return "PASS" if self.value <= self.limit else "MISS"
+        ok = self.value >= self.limit if self.at_least else self.value <= self.limit
+        return "PASS" if ok else "MISS"
 
 
 def safe_div(a: float | None, b: float | None) -> float | None:

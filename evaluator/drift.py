@@ -217,6 +217,15 @@ class DriftDetector:
         return psis, ps
 
 
+Compare = Callable[[DriftSettings, "LabelOf | None", Sequence[Observation], Sequence[Observation]], DriftSnapshot]
+
+
+def compare_here(settings: DriftSettings, label_of: LabelOf | None, reference: Sequence[Observation],
+                 current: Sequence[Observation]) -> DriftSnapshot:
+    """One comparison in the calling thread."""
+    return DriftDetector(settings, label_of).compare(reference, current)
+
+
 class _ModelWindows:
     def __init__(self, settings: DriftSettings) -> None:
         # Items are Observations or raw items that `to_observation` turns into one off the event loop.
@@ -246,8 +255,12 @@ class DriftMonitor:
 
     def __init__(self, settings: DriftSettings, label_of: Callable[[str], LabelOf | None] = lambda model: None,
                  on_result: Callable[[str, DriftSnapshot], None] | None = None,
-                 to_observation: Callable[[Any], Observation] | None = None) -> None:
+                 to_observation: Callable[[Any], Observation] | None = None,
+                 compare: Compare | None = None) -> None:
+        """`compare`: runs one comparison (default: DriftDetector in the drift thread; the Evaluator passes
+        evaluator.drift_worker's child process)."""
         self.settings = settings
+        self._compare = compare or compare_here
         self._label_of = label_of
         self._on_result = on_result
         self._to_observation = to_observation
@@ -329,8 +342,14 @@ class DriftMonitor:
             limit = self.settings.max_reference_sample
             if len(reference) > limit:  # a large distillation reference: a fixed, seeded sample of it
                 reference = random.Random(0).sample(reference, limit)
-            snapshot = DriftDetector(self.settings, self._label_of(model)).compare(
-                self._observations(reference), self._observations(current))
+            reference, current = self._observations(reference), self._observations(current)
+            label_of = self._label_of(model)
+            if label_of is not None:
+                # Labels are read here, and the comparison gets a plain lookup: a scorer need not be picklable
+                # (nor its modules loaded) where the comparison runs.
+                answers = {o.answer for o in (*reference, *current) if o.answer is not None}
+                label_of = {answer: label_of(answer) for answer in answers}.get
+            snapshot = self._compare(self.settings, label_of, reference, current)
             w.snapshot = snapshot
             if self._on_result is not None:
                 self._on_result(model, snapshot)

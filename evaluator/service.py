@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from evaluator.agreement import ALL, AgreementSnapshot, RollingAgreement
 from evaluator.drift import DriftMonitor, DriftSnapshot, Observation
+from evaluator.drift_worker import DriftWorker
 from evaluator.features import mean_logprob
 from evaluator.metrics import EvaluatorMetrics
 from evaluator.records import CANDIDATE_ROUTE, TEACHER_ROUTES, ExchangeRecord, Feedback, ServedExchange, ShadowPair
@@ -86,8 +87,10 @@ class Evaluator:
         # Label children resolved once: `.labels()` on every request costs more than the increment.
         self._offered = {name: self.metrics.shadow_offered.labels(name) for name in self.models}
         self._agreement = RollingAgreement(settings.agreement)
+        self._drift_worker = DriftWorker() if settings.drift.isolation == "process" else None
         self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift,
-                                   to_observation=observation_of)
+                                   to_observation=observation_of,
+                                   compare=self._drift_worker.compare if self._drift_worker is not None else None)
         self._queue = ShadowQueue(settings.queue_size, settings.workers, self._shadow)
         self._retention_task: asyncio.Task[None] | None = None
         self._started = False
@@ -127,6 +130,8 @@ class Evaluator:
                 self.metrics.shadow_dropped.labels(record.model, "shutdown").inc()
         self.metrics.shadow_queue_depth.set(0)
         await asyncio.to_thread(self._drift.close)
+        if self._drift_worker is not None:
+            await asyncio.to_thread(self._drift_worker.close)
         if self._owns_store:
             await asyncio.to_thread(self.store.close)
         else:

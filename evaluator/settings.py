@@ -69,6 +69,12 @@ class DriftSettings(_Strict):
         description="at most one recomputation per model this often: a comparison costs ~0.1 s of CPU, and at "
                     "2000 req/s every_n alone would run it 80 times a second on the gateway's core",
     )
+    isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="where comparisons run: a child process (the serving process never loads scipy/sklearn, "
+                    "~95 MB, and their CPU bursts never hold its GIL) or the drift thread (one process, e.g. "
+                    "where spawning is not allowed)",
+    )
     max_observed_per_s: float | None = Field(
         100.0, gt=0,
         description="above this request rate only every k-th request enters the drift windows (k follows the "

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from evaluator.drift import DriftDetector, DriftMonitor, Observation, categorical_psi, psi
+from evaluator.drift import DriftDetector, DriftMonitor, Observation, categorical_psi, compare_here, psi
 from evaluator.settings import DriftSettings
 
 NOUNS = ["card", "invoice", "payment", "refund", "account", "password", "login", "subscription", "plan", "charge",
@@ -164,3 +164,66 @@ def test_busy_traffic_is_thinned_to_max_observed_per_s_and_quiet_traffic_is_not(
         assert added == [f"t{i}" for i in range(19, 200, 20)]  # every 20th call: 10 of 200
     finally:
         monitor.close()
+
+
+def test_comparisons_run_in_a_child_process_so_the_serving_process_never_loads_sklearn() -> None:
+    """What DriftSettings.isolation="process" is for: a fresh interpreter (this test process has long
+    imported sklearn) feeds a shifted window and gets a drifted snapshot back without importing it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json, random, sys
+from evaluator.drift import DriftMonitor, Observation
+from evaluator.drift_worker import DriftWorker
+from evaluator.settings import DriftSettings
+worker = DriftWorker()
+settings = DriftSettings(window_size=60, reference_size=60, every_n=10, min_interval_s=0, min_samples=10)
+monitor = DriftMonitor(settings, compare=worker.compare)
+rng = random.Random(0)
+for _ in range(60):
+    monitor.observe("m", Observation(f"please refund my order {rng.randrange(1000)}, it arrived broken"))
+for _ in range(60):
+    monitor.observe("m", Observation(f"WHAT IS {rng.randrange(1000)} + {rng.randrange(1000)}??? ANSWER NOW"))
+monitor.wait_idle(120)
+snap = monitor.snapshot("m")
+print(json.dumps({"computed": snap.computed_at is not None, "drifted": snap.drifted, "child": worker.pid,
+                  "sklearn": "sklearn" in sys.modules, "scipy": "scipy" in sys.modules}))
+monitor.close()
+worker.close()
+"""
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["computed"] and out["drifted"]
+    assert out["child"] is not None
+    assert out["sklearn"] is False and out["scipy"] is False
+
+
+def test_drift_worker_replaces_a_dead_child_and_passes_a_failed_comparison_back() -> None:
+    import os
+    import signal
+
+    from evaluator.drift_worker import DriftWorker, DriftWorkerError
+
+    settings = DriftSettings(window_size=20, reference_size=20, min_samples=10)
+    obs = [Observation(f"prompt number {i}", "yes") for i in range(20)]
+    worker = DriftWorker()
+    try:
+        first = worker.compare(settings, None, obs, obs)
+        pid = worker.pid
+        assert pid is not None and pid != os.getpid() and first.n == 20
+        here = compare_here(settings, None, obs, obs)  # the child computes what this process would
+        assert (first.input_score, first.auc, first.drifted) == (here.input_score, here.auc, here.drifted)
+        os.kill(pid, signal.SIGKILL)
+        second = worker.compare(settings, None, obs, obs)  # a new child answers
+        assert worker.pid not in (None, pid) and second.n == 20
+        with pytest.raises(DriftWorkerError, match="ValueError"):
+            worker.compare(settings, int, obs, obs)  # the label reader fails inside the child
+        assert worker.compare(settings, None, obs, obs).n == 20  # and the child is still there
+    finally:
+        worker.close()
+    assert worker.pid is None
