@@ -69,7 +69,8 @@ class _AiohttpStream:
             raise _translate(exc, self._name) from None
 
     def close(self) -> None:
-        # close(), not release(): an unfinished stream must drop the connection so the upstream stops.
+        # close(), not release(): an unfinished stream must drop the connection so the upstream stops. A stream
+        # read to its end has already handed its connection back to the pool (aiohttp does on EOF).
         self._resp.close()
 
 

@@ -82,6 +82,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.stream_disconnects = 0
+        self.peers: list[Any] = []  # the client (host, port) of each chat request: which connection carried it
         self.stream_closed = threading.Event()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,6 +208,7 @@ class FakeOpenAI:
         return text, tokens, self._logprob_for(prompt), usage, base
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport is not None else None)
         bad, body = await self._misbehave(request)
         if bad is not None:
             return bad

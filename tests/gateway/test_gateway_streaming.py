@@ -71,6 +71,23 @@ def test_client_disconnect_cancels_the_upstream(make_config, student):
         assert metric_value(text, "distillgate_in_flight_requests", model="support") == 0
 
 
+def test_finished_streams_reuse_the_upstream_connection_and_a_cancelled_one_does_not(make_config, student):
+    with GatewayThread(make_config(), evaluator=False) as g:
+        for _ in range(3):
+            with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+                assert b"".join(r.iter_raw()).endswith(b"data: [DONE]\n\n")
+        assert len(student.peers) == 3 and len(set(student.peers)) == 1  # one pooled connection carried all three
+        student.answer = " ".join(f"w{i}" for i in range(100))
+        student.stream_delay_s = 0.05
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            next(r.iter_raw())
+        assert student.stream_closed.wait(4.0)  # the unfinished one was dropped, so the upstream stopped
+        student.answer, student.stream_delay_s = "ok", 0.0
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            b"".join(r.iter_raw())
+        assert student.peers[-1] != student.peers[0]  # ... and the next request needed a new connection
+
+
 def test_stream_falls_back_before_first_byte(make_config, student):
     config = make_config(routing={"retries": {"max_attempts": 1}})
     with GatewayThread(config, evaluator=False) as g:
