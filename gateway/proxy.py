@@ -43,7 +43,7 @@ from gateway.errors import (
     UpstreamStatus,
     error_response_parts,
 )
-from gateway.exchange import LazyExchange, ParsedAnswer, build_record, parse_response, parse_sse
+from gateway.exchange import LazyExchange, ParsedAnswer, build_record, parse_response, parse_sse_usage
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
@@ -503,7 +503,7 @@ class ProxyEndpoint:
                                status=499 if stats.client_disconnected else 502, input_tokens=None, output_tokens=None)
             return
         # Usage sits in the last chunks; parse after the client has it all (the text only if the evaluator asks).
-        answer = parse_sse(stats.chunks[-3:])
+        answer = parse_sse_usage(stats.chunks)
         p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
                   outcome=outcome, upstream_s=spent.seconds + stats.upstream_wait_s, answer=answer, doc=None,
                   ttft_s=stats.ttft_s, span=span, chunks=stats.chunks)

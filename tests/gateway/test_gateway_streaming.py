@@ -88,6 +88,22 @@ def test_finished_streams_reuse_the_upstream_connection_and_a_cancelled_one_does
         assert student.peers[-1] != student.peers[0]  # ... and the next request needed a new connection
 
 
+def test_disconnect_is_noticed_while_the_upstream_is_silent(make_config, student):
+    """The disconnect watcher starts 50 ms into a stream (gateway.streaming.WATCH_AFTER_S), not at the next
+    upstream chunk: here the next chunk is 1.5 s away, and the relay is cancelled long before."""
+    student.answer = "a b c d e"
+    student.stream_delay_s = 1.5
+    with GatewayThread(make_config(), evaluator=False) as g:
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+            assert next(r.iter_raw()).startswith(b"data: ")
+        gone = time.monotonic()
+        while metric_value(httpx.get(g.url + "/metrics").text, "distillgate_requests_total", model="support",
+                           route="student", status="499") != 1:
+            assert time.monotonic() - gone < 1.2, "the relay was not cancelled before the upstream spoke again"
+            time.sleep(0.02)
+        assert student.stream_closed.wait(3.0)  # the upstream finds its connection gone at its next write
+
+
 def test_stream_falls_back_before_first_byte(make_config, student):
     config = make_config(routing={"retries": {"max_attempts": 1}})
     with GatewayThread(config, evaluator=False) as g:

@@ -219,3 +219,21 @@ def test_authenticator_remembers_a_valid_header_but_never_an_invalid_one() -> No
         with pytest.raises(AuthenticationError):
             auth.authenticate_header("Bearer sk-bad")
     assert ("Bearer sk-bad", None) not in auth._seen
+
+
+def test_parse_sse_usage_reads_the_last_usage_object_only() -> None:
+    from gateway.exchange import parse_sse_usage
+
+    events = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n',
+              b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n',
+              b"data: [DONE]\n\n"]
+    whole = parse_sse_usage([b"".join(events)])
+    assert (whole.prompt_tokens, whole.completion_tokens) == (5, 2)
+    assert whole == parse_sse_usage([e for e in events]) == parse_sse_usage([b"".join(events)[:40], b"".join(events)[40:]])
+    full = parse_sse([b"".join(events)])
+    assert (full.prompt_tokens, full.completion_tokens) == (whole.prompt_tokens, whole.completion_tokens)
+    # `"usage"` inside the text, null usage, and no usage at all: no tokens, no error
+    assert parse_sse_usage([b'data: {"choices":[{"delta":{"content":"\\"usage\\": 3"}}],"usage":null}\n\n',
+                            b"data: [DONE]\n\n"]).prompt_tokens is None
+    assert parse_sse_usage([b"data: [DONE]\n\n"]).completion_tokens is None
+    assert parse_sse_usage([]).prompt_tokens is None
