@@ -119,7 +119,10 @@ def serve(conn: Connection) -> None:
             reply = (True, compare_here(settings, label_of, reference, current))
         except Exception:  # noqa: BLE001 - the parent logs it; the child stays up for the next window
             reply = (False, traceback.format_exc())
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone (killed mid-comparison): nothing left to answer
+            return
 
 
 if __name__ == "__main__":
