@@ -74,6 +74,7 @@ def start_floor(work: Path, cpu: int, upstream: str) -> Target:
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "bench.floor_proxy:app", "--app-dir", str(REPO), "--host", "127.0.0.1",
             "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log",
+            "--no-proxy-headers",  # as the gateway serves by default (server.proxy_headers: false)
             "--log-level", "warning"]
     env = {**os.environ, "FLOOR_UPSTREAM": upstream}
     proc = ManagedProcess("floor", _pinned(cpu, argv), work / "floor.log", env=env, cwd=REPO, port=port, grace_s=5).start()
