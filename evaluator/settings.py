@@ -115,7 +115,7 @@ class StoreSettings(_Strict):
         50.0, gt=0,
         description="at most this many sampled served-only exchanges stored per second (none: no cap), so the "
                     "store's size and the writer's CPU stop growing with traffic: at 7000 req/s, 5 % alone "
-                    "would be 350 rows/s (~0.07 ms each); the sample stays uniform within each second",
+                    "would be 350 rows/s (~0.07 ms each); past the cap, the first sampled exchanges of each second are kept",
     )
     counts_interval_s: float = Field(10.0, gt=0, description="how often per-route request counts are written")
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the evaluator applies retention")
