@@ -136,6 +136,29 @@ def test_full_queue_drops_are_counted_and_put_never_blocks(tmp_path: Path, make_
     assert registry.get_sample_value("distillgate_store_writes_total", {"status": "ok"}) == results.count(True)
 
 
+def test_served_only_exchanges_are_capped_per_second_but_all_counted(tmp_path: Path, make_exchange,
+                                                                  monkeypatch) -> None:
+    import types
+
+    import evaluator.store.pairs as pairs
+
+    clock = [1000.0]  # the store's monotonic seconds, moved by hand so the test cannot straddle two
+    monkeypatch.setattr(pairs, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    url = f"sqlite:///{tmp_path / 'cap.db'}"
+    store = PairStore(url, StoreSettings(url=url, served_sample_rate=1.0, served_max_per_s=3))
+    store.migrate()
+    stored = [store.put_served(make_exchange(f"s{i}")) for i in range(10)]
+    always = store.put_served(make_exchange("fb", route="fallback"))  # fallbacks are always stored
+    clock[0] += 1.0
+    next_second = [store.put_served(make_exchange(f"n{i}")) for i in range(5)]
+    assert stored == [True] * 3 + [False] * 7 and always is True
+    assert next_second == [True] * 3 + [False] * 2  # a new second, a new allowance
+    store.close()
+    assert store.count("exchanges") == 3 + 1 + 3
+    counts = store.route_counts("m")
+    assert counts["student"]["requests"] == 15 and counts["fallback"]["requests"] == 1  # every request counted
+
+
 WRITER = textwrap.dedent("""
     import sys
     from evaluator.records import ExchangeRecord, ShadowPair
