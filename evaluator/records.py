@@ -1,6 +1,7 @@
 """Records that cross package boundaries (gateway -> evaluator -> redistill)."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -10,6 +11,13 @@ ROUTES = ("student", "teacher", "fallback", "cascade", "candidate")
 TEACHER_ROUTES = frozenset({"teacher", "fallback", "cascade"})
 # A version in the promotion "shadow" stage answering a sampled request that no user sees (never served).
 CANDIDATE_ROUTE = "candidate"
+# A request id the gateway serves under: 1-64 visible ASCII characters (the store's request_id column is
+# String(64); logs and headers stay clean). The gateway replaces any other client id with its own.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def well_formed_request_id(request_id: str) -> bool:
+    return _REQUEST_ID.fullmatch(request_id) is not None
 
 
 @dataclass(slots=True)

@@ -34,7 +34,15 @@ from evaluator.drift import DriftMonitor, DriftSnapshot, Observation
 from evaluator.drift_worker import DriftWorker
 from evaluator.features import mean_logprob
 from evaluator.metrics import EvaluatorMetrics
-from evaluator.records import CANDIDATE_ROUTE, TEACHER_ROUTES, ExchangeRecord, Feedback, ServedExchange, ShadowPair
+from evaluator.records import (
+    CANDIDATE_ROUTE,
+    TEACHER_ROUTES,
+    ExchangeRecord,
+    Feedback,
+    ServedExchange,
+    ShadowPair,
+    well_formed_request_id,
+)
 from evaluator.scorers import JudgeCall, LabelScorer, Scorer, build_scorer, request_text
 from evaluator.settings import EvaluatorSettings, ModelEvalSettings
 from evaluator.shadow import Decision, Sampler, ShadowQueue
@@ -44,19 +52,12 @@ from evaluator.store import PairStore
 log = logging.getLogger(__name__)
 
 
-
 class CallOther(Protocol):
     def __call__(self, served: ExchangeRecord, *, target_version: str | None = ...) -> Awaitable[ExchangeRecord]: ...
 
 
 ShadowVersion = Callable[[str], "str | None"]
 JUDGE_MAX_TOKENS = 16
-MAX_REQUEST_ID = 64  # the store's request_id column (the gateway keeps client ids within it)
-
-
-def well_formed_request_id(request_id: str) -> bool:
-    """What a request id the gateway could have served looks like: short, printable, no spaces."""
-    return 0 < len(request_id) <= MAX_REQUEST_ID and request_id.isprintable() and not any(c.isspace() for c in request_id)
 
 
 def observation_of(served: ServedExchange) -> Observation:

@@ -5,16 +5,15 @@ MACHINE-FACTS). The body is parsed once with orjson; only `model` (and, for casc
 rewritten before forwarding. Everything after the last byte is sent (metrics, evaluator offer) runs
 after the client has its answer.
 
-Request ids: a client's `x-request-id` is used as ours (echoed, forwarded, stored) only when it is 1-64
-visible ASCII characters (the store's request_id column is String(64)); anything else is replaced by a
-generated id and the client's value is used nowhere (no log, no label, no record).
+Request ids: a client's `x-request-id` is used as ours (echoed, forwarded, stored) only when it is
+well formed (evaluator.records.well_formed_request_id: 1-64 visible ASCII characters); anything else is
+replaced by a generated id and the client's value is used nowhere (no log, no label, no record).
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from evaluator.records import ExchangeRecord
+from evaluator.records import ExchangeRecord, well_formed_request_id
 from evaluator.slices import DEFAULT_SLICE, assign_slice
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
@@ -59,8 +58,6 @@ log = logging.getLogger("distillgate.gateway")
 ROUTE_HEADER = b"x-distillgate-route"
 REQUEST_ID_HEADER = b"x-request-id"
 _JSON = b"application/json"
-# The store's request_id column is String(64); visible ASCII only, so logs and headers stay clean.
-_CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 class BreakerOpen(UpstreamConnectError):
@@ -377,7 +374,7 @@ class ProxyEndpoint:
         p = self.proxy
         hdrs = _headers(scope)
         rid = hdrs.get("x-request-id")
-        if rid is None or _CLIENT_REQUEST_ID.fullmatch(rid) is None:
+        if rid is None or not well_formed_request_id(rid):
             rid = p.ids.next()
         model_label = "unknown"
         route = "none"
