@@ -47,7 +47,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
 from gateway.retry_budget import RetryBudget
-from gateway.routing import ModelRouter, RouteDecision
+from gateway.routing import BASE_VERSION, ModelRouter, RouteDecision
 from gateway.stream_usage import UsageStripper, with_usage
 from gateway.streaming import relay_sse
 from gateway.tracing import Tracing
@@ -348,9 +348,7 @@ class Proxy:
             self.escalated_students.popitem(last=False)
 
     def _student_version(self, model: str) -> str:
-        active = self.poller.active(model)
-        live = getattr(active, "live", None) if active is not None else None
-        return live.id if live is not None else "base"
+        return self.poller.version_in(model, "live") or BASE_VERSION
 
     def _fail(self, model: str, route: str, status: int, span: Any) -> None:
         self.metrics.count_request(model, route, status)

@@ -26,6 +26,11 @@ class RegistryPoller:
     def active(self, model: str) -> Any | None:
         return self.snapshot.get(model)
 
+    def version_in(self, model: str, stage: str) -> str | None:
+        """The id of `model`'s version in `stage` ("live", "canary", "shadow") of the snapshot, if any."""
+        version = getattr(self.snapshot.get(model), stage, None)
+        return version.id if version is not None else None
+
     async def refresh(self) -> None:
         if self.registry is None:
             return

@@ -30,9 +30,7 @@ class ShadowCaller:
 
     def shadow_version(self, model: str) -> str | None:
         """The version id in the registry's shadow stage for `model`, if any (no I/O: the poller's snapshot)."""
-        active = self.proxy.poller.active(model)
-        candidate = getattr(active, "shadow", None) if active is not None else None
-        return candidate.id if candidate is not None else None
+        return self.proxy.poller.version_in(model, "shadow")
 
     async def __call__(self, served: ExchangeRecord, *, target_version: str | None = None) -> ExchangeRecord:
         p = self.proxy
