@@ -84,8 +84,8 @@ def categorical_psi(reference: Sequence[str], current: Sequence[str]) -> float:
 
 
 def ks_p(reference: Sequence[float], current: Sequence[float]) -> float:
-    # scipy and sklearn are imported where the tests run (the drift worker thread), never at import:
-    # the gateway process would otherwise carry ~150 MB of them from start-up.
+    # scipy and sklearn are imported where comparisons run (the drift worker process, or the drift thread
+    # with isolation: thread), never at import: the gateway process would otherwise carry ~95 MB of them.
     from scipy.stats import ks_2samp
 
     ref, cur = np.asarray(reference, float), np.asarray(current, float)
@@ -129,7 +129,7 @@ class DriftDetector:
         self.settings = settings
         self.label_of = label_of
         self.seed = seed
-        self._vectorizer: Any = None  # built by the first classifier test, in the drift thread
+        self._vectorizer: Any = None  # built by the first classifier test, where comparisons run
 
     def _vectorize(self, texts: list[str]) -> Any:
         if self._vectorizer is None:

@@ -11,6 +11,8 @@ DEFAULT_SLICE = "default"
 
 def assign_slice(rules: list[SliceRule], headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
     """First matching rule wins; values outside a rule's list never become labels (bounded cardinality)."""
+    if not rules:  # the common case, on every served request
+        return DEFAULT_SLICE
     metadata = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
     for rule in rules:
         value = None

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from evaluator.records import ExchangeRecord, well_formed_request_id
-from evaluator.slices import DEFAULT_SLICE, assign_slice
+from evaluator.slices import assign_slice
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
 from gateway.breaker import CircuitBreaker
@@ -153,7 +153,6 @@ class Proxy:
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
-        self.slices = {name: m.slices for name, m in config.models.items()}
         for name, m in config.models.items():
             r = m.routing
             for route in ("student", "teacher"):
@@ -319,10 +318,9 @@ class Proxy:
                 record_route = "cascade"
             else:
                 record_route = "student" if outcome.decision.route == "student" else route
-            slices = self.slices[model]
             served = LazyExchange(
                 request_id=rid, model=model, route=record_route, version=outcome.decision.version,
-                endpoint=endpoint, request=payload, slice_name=assign_slice(slices, hdrs, payload) if slices else DEFAULT_SLICE,
+                endpoint=endpoint, request=payload, slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
                 prompt_tokens=prompt if isinstance(prompt, int) else None,
                 completion_tokens=completion if isinstance(completion, int) else None,
                 latency_s=total, ttft_s=ttft_s, answer=None if chunks is not None else answer, doc=doc, chunks=chunks,

@@ -3,8 +3,9 @@
 A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
 upstream connection so the model stops generating. The watcher starts only once a stream has been open
 for WATCH_AFTER_S (a timer, cancelled if the stream ends first): a task per stream costs ~16 us of CPU
-(bench/gateway_overhead.py), and a disconnect in a stream's first 50 ms is still noticed at that point. Chunks are kept (a list append) only so the final
-text and usage can be assembled after the stream has ended. With a `strip` (gateway.stream_usage), the
+(bench/gateway_overhead.py), and a disconnect in a stream's first 50 ms is still noticed at that point.
+Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
+ended. With a `strip` (gateway.stream_usage), the
 usage the gateway asked for on the client's behalf is removed from what the client receives.
 """
 from __future__ import annotations
