@@ -1,5 +1,5 @@
 """What the evaluator costs the gateway process per request: process CPU time (every thread: event loop,
-store writer, drift) while Evaluator.observe + offer are driven at a fixed rate, against the same paced
+store writer, drift) while Evaluator.served is driven at a fixed rate, against the same paced
 loop with the evaluator off, in the same run.
 
 No network: call_other answers at once (a fast teacher), so the number is the evaluator's own work.
@@ -65,8 +65,7 @@ async def drive(evaluator: Evaluator | None, rate: float, seconds: float) -> tup
         while n < due:
             rec = record(n)
             if evaluator is not None:
-                evaluator.observe(rec)
-                evaluator.offer(rec, key_name="bench")
+                evaluator.served(rec, key_name="bench")
             n += 1
         await asyncio.sleep(interval)
     return n, time.process_time() - cpu0, time.perf_counter() - wall0

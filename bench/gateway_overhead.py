@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--soak-duration", type=float, default=60.0, help="seconds of C=16 load watching RSS (0 = skip)")
     p.add_argument("--soak-targets", default="floor,gateway,gateway-nodrift")
     p.add_argument("--gateway-shadow-rate", type=float, default=0.0,
-                   help="shadow sampling in the gateway under test (offer() still runs on every request)")
+                   help="shadow sampling in the gateway under test (the evaluator hand-off still runs on every request)")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core the proxy under test is pinned to")
     p.add_argument("--load-cpu", type=int, default=1, help="core for wrk, the fake upstream and this script")
     p.add_argument("--name", default="gateway_overhead", help="results file stem under bench/results/")

@@ -1,7 +1,12 @@
 """The evaluator's Prometheus metrics (names from the team catalog), registered on an injected registry."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class StoreMetrics:
@@ -12,11 +17,52 @@ class StoreMetrics:
                                  registry=registry)
 
 
+class ModelServed(NamedTuple):
+    """Running totals per model, rendered at scrape (evaluator.spend.SpendTracker.totals)."""
+
+    offered: int  # served requests, every one offered to the shadow sampler
+    teacher_tokens: int  # served by the teacher + shadow teacher answers
+    teacher_dollars: float
+    saved_dollars: float
+
+
+# name, help, field of ModelServed
+_SERVED_FAMILIES = (
+    ("distillgate_shadow_offered", "Served requests offered for shadowing", "offered"),
+    ("distillgate_teacher_tokens", "Teacher tokens spent (served + shadow)", "teacher_tokens"),
+    ("distillgate_teacher_spend_dollars", "Teacher spend in dollars", "teacher_dollars"),
+    ("distillgate_saved_dollars", "Dollars saved vs sending everything to the teacher", "saved_dollars"),
+)
+
+
+class ServedCollector(Collector):
+    """The per-request counters (offers, teacher tokens and spend, savings) as totals read at scrape, so the
+    hot path bumps plain numbers (evaluator.served_tally) instead of four locked counters per request."""
+
+    def __init__(self, totals: Callable[[], Mapping[str, ModelServed]]) -> None:
+        self._totals = totals
+
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
+        totals = self._totals() if with_samples else {}
+        for name, doc, field in _SERVED_FAMILIES:
+            family = CounterMetricFamily(name, doc, labels=["model"])
+            for model, served in totals.items():
+                family.add_metric([model], getattr(served, field))
+            yield family
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(with_samples=True)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(with_samples=False)
+
+
 class EvaluatorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 served_totals: Callable[[], Mapping[str, ModelServed]] | None = None) -> None:
+        """`served_totals`: per-model offers and spend read at scrape (ServedCollector; none: no samples)."""
         r = registry
-        self.shadow_offered = Counter("distillgate_shadow_offered_total", "Served requests offered for shadowing",
-                                      ["model"], registry=r)
+        r.register(ServedCollector(served_totals if served_totals is not None else dict))
         self.shadow_sampled = Counter("distillgate_shadow_sampled_total", "Offers the sampler accepted",
                                       ["model"], registry=r)
         self.shadow_dropped = Counter("distillgate_shadow_dropped_total",
@@ -47,10 +93,5 @@ class EvaluatorMetrics:
                                     ["model"], registry=r)
         self.drift_auc = Gauge("distillgate_drift_classifier_auc", "Reference-vs-current classifier AUC (0.5 = none)",
                                ["model"], registry=r)
-        self.teacher_tokens = Counter("distillgate_teacher_tokens_total", "Teacher tokens spent (served + shadow)",
-                                      ["model"], registry=r)
-        self.teacher_spend = Counter("distillgate_teacher_spend_dollars_total", "Teacher spend in dollars",
-                                     ["model"], registry=r)
-        self.saved = Counter("distillgate_saved_dollars_total", "Dollars saved vs sending everything to the teacher",
-                             ["model"], registry=r)
         self.feedback = Counter("distillgate_feedback_total", "Feedback records accepted", ["model"], registry=r)
+

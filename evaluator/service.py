@@ -13,8 +13,8 @@ What the gateway injects:
   fills up with no user ever seeing the candidate. Candidate pairs stay out of the model-wide
   (all-versions) agreement.
 
-Hot path: ``observe`` and ``offer`` only append/count (O(1)); features, drift and store writes happen
-in the drift and store threads, throttled (DriftSettings.min_interval_s) and sampled
+Hot path: ``served`` only counts, samples and appends (O(1)); features, drift and store writes happen
+in the drift worker and the store's writer thread, throttled (DriftSettings.min_interval_s) and sampled
 (StoreSettings.served_sample_rate)."""
 from __future__ import annotations
 
@@ -77,16 +77,14 @@ class Evaluator:
         self._call_other = call_other
         self._shadow_version = shadow_version
         registry = REGISTRY if registry is None else registry
-        self.metrics = EvaluatorMetrics(registry)
+        self.metrics = EvaluatorMetrics(registry, served_totals=lambda: self.spend.totals())
         self._owns_store = store is None
         self.store: PairStore = store if store is not None else PairStore(settings.store.url, settings.store, registry)
-        self.spend = SpendTracker(self.models, self.metrics)
+        self.spend = SpendTracker(self.models, self.store.served)
         self.scorers: dict[str, Scorer] = {name: build_scorer(m.scorer, self._judge_for(name))
                                            for name, m in self.models.items()}
         self._samplers = {name: Sampler(m.shadow, lambda n=name: self.spend.shadow_tokens_last_hour(n))
                           for name, m in self.models.items()}
-        # Label children resolved once: `.labels()` on every request costs more than the increment.
-        self._offered = {name: self.metrics.shadow_offered.labels(name) for name in self.models}
         self._agreement = RollingAgreement(settings.agreement)
         self._drift_worker = DriftWorker() if settings.drift.isolation == "process" else None
         self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift,
@@ -100,6 +98,7 @@ class Evaluator:
     async def start(self) -> None:
         """Migrates the store, reloads recent agreement, starts workers, replays shadows left at shutdown."""
         await asyncio.to_thread(self.store.migrate)
+        self.store.start()
         for model in self.models:
             recent = await asyncio.to_thread(self.store.pairs, model, limit=self.settings.agreement.window_size)
             for pair in recent:
@@ -147,41 +146,43 @@ class Evaluator:
                 log.exception("store retention failed")
 
     # -- hot path (sync, O(1), never raises) -----------------------------------------------------------
-    def offer(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
-              confidence: float | None = None) -> bool:
+    def served(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
+               confidence: float | None = None) -> bool:
+        """Every served request, once: counted per route (requests, tokens: reports, spend and offer metrics
+        are read from those totals), stored when sampled, added to the drift window, and queued for a shadow
+        call when the sampler says so. True when a shadow call was queued. Features, drift statistics and
+        store writes happen off the event loop."""
         try:
-            sampler = self._samplers.get(record.model)
+            model = record.model
+            self.store.put_served(record)
+            self._drift.observe(model, record)
+            if model in self.spend.per_request_savings:
+                self.spend.observe_saving(record)
+            sampler = self._samplers.get(model)
             if sampler is None:
                 return False
-            self._offered[record.model].inc()
             decision = sampler.decide(record, escalated=escalated, key_name=key_name, confidence=confidence)
             if decision is Decision.SKIP:
                 return False
-            if decision is Decision.SPEND_CAP:
-                self.metrics.shadow_dropped.labels(record.model, "spend_cap").inc()
-                return False
-            self.metrics.shadow_sampled.labels(record.model).inc()
-            if not self._started:
-                self.metrics.shadow_dropped.labels(record.model, "shutdown").inc()
-                return False
-            if not self._queue.try_put(record.record()):
-                self.metrics.shadow_dropped.labels(record.model, "queue_full").inc()
-                return False
-            self.metrics.shadow_queue_depth.set(self._queue.depth)
-            return True
+            return self._enqueue_shadow(record, decision)
         except Exception:  # noqa: BLE001 - the hot path must never fail because of the evaluator
-            log.exception("shadow offer failed")
+            log.exception("evaluator hand-off failed for request %s", getattr(record, "request_id", "?"))
             return False
 
-    def observe(self, record: ServedExchange) -> None:
-        """Every served request: counted (and stored when sampled) for reports, counted for spend, appended to
-        the drift window. Features and writes happen in background threads."""
-        try:
-            self.store.put_served(record)
-            self.spend.observe_served(record)
-            self._drift.observe(record.model, record)
-        except Exception:  # noqa: BLE001 - the hot path must never fail because of the evaluator
-            log.exception("observe failed")
+    def _enqueue_shadow(self, record: ServedExchange, decision: Decision) -> bool:
+        model = record.model
+        if decision is Decision.SPEND_CAP:
+            self.metrics.shadow_dropped.labels(model, "spend_cap").inc()
+            return False
+        self.metrics.shadow_sampled.labels(model).inc()
+        if not self._started:
+            self.metrics.shadow_dropped.labels(model, "shutdown").inc()
+            return False
+        if not self._queue.try_put(record.record()):
+            self.metrics.shadow_dropped.labels(model, "queue_full").inc()
+            return False
+        self.metrics.shadow_queue_depth.set(self._queue.depth)
+        return True
 
     # -- shadow worker ---------------------------------------------------------------------------------
     async def _shadow(self, served: ExchangeRecord) -> None:

@@ -327,8 +327,7 @@ class Proxy:
             )
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
-            ev.observe(served)
-            ev.offer(served, escalated=outcome.escalated, key_name=key.name, confidence=outcome.confidence)
+            ev.served(served, escalated=outcome.escalated, key_name=key.name, confidence=outcome.confidence)
         except Exception:  # the evaluator must never break serving
             log.exception("evaluator hand-off failed for request %s", rid)
 

@@ -1,8 +1,8 @@
-"""Per-model/route request and token counters, accumulated in memory and written in periodic rows.
+"""Per-model/route request and token counts as periodic rows: what the served tally gained since the last rows.
 
-Every served request is counted here even when its exchange is not stored (served_sample_rate), so
-route rates and cost in reports stay exact. `add` runs on the event loop (a dict update); `drain`
-runs wherever the rows are handed to the writer.
+Every served request is counted (evaluator.served_tally) even when its exchange is not stored
+(served_sample_rate), so route rates and cost in reports stay exact. `drain` runs in the store's writer
+thread every counts_interval_s and on flush/close; the event loop only bumps the tally.
 """
 from __future__ import annotations
 
@@ -11,36 +11,32 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evaluator.records import ServedExchange
+from evaluator.served_tally import ServedTally, Totals
 
 
 class RouteCounts:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, tally: ServedTally, clock: Callable[[], float] = time.time) -> None:
+        self._tally = tally
         self._clock = clock
-        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._last: Totals = {}
         self._since = clock()
-        # drain() may run in another thread (flush from a report) while add() runs on the loop.
+        # The writer thread's periodic drain and a flush() from another thread may overlap.
         self._lock = threading.Lock()
 
-    def add(self, record: ServedExchange, stored: bool) -> None:
-        key = (record.model, record.route)
-        with self._lock:
-            row = self._counts.get(key)
-            if row is None:
-                row = self._counts[key] = [0, 0, 0, 0]
-            row[0] += 1
-            row[1] += stored
-            row[2] += record.prompt_tokens or 0
-            row[3] += record.completion_tokens or 0
-
     def due(self, interval_s: float) -> bool:
-        return bool(self._counts) and self._clock() - self._since >= interval_s
+        return self._clock() - self._since >= interval_s
 
     def drain(self) -> list[dict[str, Any]]:
         """The rows counted since the last drain (empty when nothing was served)."""
         with self._lock:
-            counts, self._counts = self._counts, {}
-            since, now = self._since, self._clock()
-            self._since = now
-        return [{"model": m, "route": r, "requests": n, "stored": s, "prompt_tokens": p, "completion_tokens": c,
-                 "period_start": since, "created_at": now} for (m, r), (n, s, p, c) in counts.items()]
+            totals, now = self._tally.totals(), self._clock()
+            last, self._last = self._last, totals
+            since, self._since = self._since, now
+        rows = []
+        for (model, route), now_total in totals.items():
+            before = last.get((model, route), (0, 0, 0, 0))
+            if now_total != before:
+                n, s, p, c = (a - b for a, b in zip(now_total, before))
+                rows.append({"model": model, "route": route, "requests": n, "stored": s, "prompt_tokens": p,
+                             "completion_tokens": c, "period_start": since, "created_at": now})
+        return rows

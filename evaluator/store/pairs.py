@@ -15,6 +15,7 @@ from evaluator.metrics import StoreMetrics
 from evaluator.records import ExchangeRecord, Feedback, ServedExchange, ShadowPair
 from evaluator.settings import StoreSettings
 from evaluator.store import schema
+from evaluator.served_tally import ServedTally
 from evaluator.store.counts import RouteCounts
 from evaluator.store.engine import create_store_engine
 from evaluator.store.migrate import upgrade_to_head
@@ -59,10 +60,12 @@ class PairStore:
         self._redactor = Redactor(self.settings.redact_patterns)
         # No registry: metrics go to a private one, so read-only users (reports, redistill) register nothing.
         self._metrics = StoreMetrics(registry if registry is not None else CollectorRegistry())
+        # Every served request, counted on the event loop; written as route-count rows by the writer thread.
+        self.served = ServedTally()
+        self._counts = RouteCounts(self.served)
         self._writer = BatchWriter(self.engine, self._write_batch, batch_size=self.settings.batch_size,
                                    flush_interval_s=self.settings.flush_interval_s,
-                                   queue_size=self.settings.queue_size, metrics=self._metrics)
-        self._counts = RouteCounts()
+                                   queue_size=self.settings.queue_size, metrics=self._metrics, tick=self._due_counts)
         self._rng = random.Random()
         self._served_second = 0  # the monotonic second the sampled served rows below were counted in
         self._served_in_second = 0
@@ -84,6 +87,11 @@ class PairStore:
     def migrate(self) -> None:
         """Brings the database to the newest schema revision (idempotent)."""
         upgrade_to_head(self.engine)
+
+    def start(self) -> None:
+        """Starts the writer thread, which also writes route counts every counts_interval_s (without it they
+        are written at flush and close only)."""
+        self._writer.start()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Blocks until every record put before the call (and every count) is committed; False if a write
@@ -123,10 +131,15 @@ class PairStore:
         keep = (record.route in ALWAYS_STORED_ROUTES or record.status != 200
                 or (self._rng.random() < self.settings.served_sample_rate and self._served_budget()))
         stored = keep and self.put_exchange(record.record())
-        self._counts.add(record, stored)
-        if self._counts.due(self.settings.counts_interval_s):
-            self._put_counts()
+        self.served.add(record.model, record.route, record.prompt_tokens or 0, record.completion_tokens or 0, stored)
         return stored
+
+    def _due_counts(self) -> list[tuple[str, Any]]:
+        """The writer thread's tick: route-count rows once counts_interval_s has passed."""
+        if not self._counts.due(self.settings.counts_interval_s):
+            return []
+        rows = self._counts.drain()
+        return [("counts", rows)] if rows else []
 
     def _put_counts(self) -> None:
         rows = self._counts.drain()

@@ -35,8 +35,12 @@ class BatchWriter:
     """
 
     def __init__(self, engine: Engine, write_batch: Callable[[Connection, list[Any]], None], *, batch_size: int,
-                 flush_interval_s: float, queue_size: int, metrics: StoreMetrics) -> None:
+                 flush_interval_s: float, queue_size: int, metrics: StoreMetrics,
+                 tick: Callable[[], list[Any]] | None = None) -> None:
+        """`tick`: called by the writer thread at every wake-up (at least every flush_interval_s once
+        started); what it returns is written with that batch (periodic rows such as route counts)."""
         self._engine = engine
+        self._tick = tick
         self._write_batch = write_batch
         self._batch_size = batch_size
         self._interval = flush_interval_s
@@ -62,6 +66,11 @@ class BatchWriter:
             self._ensure_thread()
         self._queue.append(item)
         return True
+
+    def start(self) -> None:
+        """Starts the writer thread now rather than at the first put (so `tick` runs with nothing queued)."""
+        if self._thread is None and not self._closed:
+            self._ensure_thread()
 
     def flush(self, timeout: float | None = None) -> bool:
         """True when everything put before this call is committed and no write failed meanwhile."""
@@ -100,6 +109,11 @@ class BatchWriter:
                 self._wake.wait(self._interval)
                 self._wake.clear()
             batch, markers, stop = self._collect()
+            if self._tick is not None:
+                try:
+                    batch.extend(self._tick())
+                except Exception:  # noqa: BLE001 - periodic rows are retried at the next tick
+                    log.exception("store writer tick failed")
             if batch:
                 self._commit(batch)
             self._metrics.queue_depth.set(len(self._queue))

@@ -4,15 +4,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from prometheus_client import CollectorRegistry
 
 from evaluator.records import ExchangeRecord
 from evaluator.service import Evaluator
-from evaluator.settings import (AgreementSettings, EvaluatorSettings, ModelEvalSettings, ScorerSettings,
-                                ShadowSettings, StoreSettings)
+from evaluator.served_tally import ServedTally
+from evaluator.settings import (AgreementSettings, EvaluatorSettings, ModelEvalSettings, PriceSettings,
+                                ScorerSettings, ShadowSettings, StoreSettings)
 from evaluator.shadow import Decision, Sampler, hash_unit
-from evaluator.spend import SpendTracker
-from evaluator.metrics import EvaluatorMetrics
+from evaluator.spend import SpendTracker, saving, teacher_cost
 
 LABEL_SCORER = ScorerSettings(kind="label", label_pattern=r"intent:\s*(\w+)", labels=["billing", "refund", "account"])
 
@@ -64,7 +66,7 @@ def test_always_rules_override_rate() -> None:
 def test_spend_cap_backs_off_then_recovers_after_an_hour() -> None:
     clock = [1000.0]
     models = {"support": ModelEvalSettings()}
-    spend = SpendTracker(models, EvaluatorMetrics(CollectorRegistry()), clock=lambda: clock[0])
+    spend = SpendTracker(models, ServedTally(), clock=lambda: clock[0])
     sampler = Sampler(ShadowSettings(rate=1.0, teacher_tokens_per_hour=1000), lambda: spend.shadow_tokens_last_hour("support"))
     assert all(sampler.decide(served(i)) is Decision.SAMPLE for i in range(50))
     spend.observe_shadow(ExchangeRecord("s", "support", "teacher", "t", "chat", {}, "x", prompt_tokens=500,
@@ -81,6 +83,34 @@ def test_spend_cap_backs_off_then_recovers_after_an_hour() -> None:
     assert sampler.decide(served(1)) is Decision.SAMPLE
 
 
+def test_spend_is_priced_from_the_served_totals_and_savings_never_go_negative() -> None:
+    """Totals priced at scrape equal per-request pricing; a model whose student is dearer on one kind of token
+    is counted per request so a request that cost more than the teacher would is not a negative saving."""
+    tally = ServedTally()
+    odd = PriceSettings(teacher_prompt=1.0, teacher_completion=10.0, student_prompt=2.0, student_completion=1.0)
+    models = {"cheap": ModelEvalSettings(), "odd": ModelEvalSettings(prices=odd)}
+    spend = SpendTracker(models, tally)
+    assert spend.per_request_savings == {"odd"}
+    requests = [(100, 0), (0, 10), (50, 50)]
+    for model in models:
+        for i, (p, c) in enumerate(requests):
+            tally.add(model, "student", p, c, False)
+            if model in spend.per_request_savings:
+                spend.observe_saving(ExchangeRecord(f"{model}-{i}", model, "student", "base", "chat", {}, "x",
+                                                    prompt_tokens=p, completion_tokens=c))
+    tally.add("cheap", "teacher", 10, 10, False)
+    tally.add("unknown", "student", 5, 5, False)  # not a configured model: not exported
+    totals = spend.totals()
+    assert set(totals) == {"cheap", "odd"}
+    cheap = models["cheap"].prices
+    assert totals["cheap"].saved_dollars == pytest.approx(sum(saving(cheap, p, c) for p, c in requests))
+    assert totals["cheap"].teacher_dollars == pytest.approx(teacher_cost(cheap, 10, 10))
+    assert (totals["cheap"].offered, totals["cheap"].teacher_tokens) == (4, 20)
+    # odd: -100 (not counted), +90, -50 + 450 = +400 (per million tokens)
+    assert totals["odd"].saved_dollars == pytest.approx(490 / 1e6)
+    assert totals["odd"].teacher_tokens == 0
+
+
 # -- the service -----------------------------------------------------------------------------------------
 def test_shadow_flow_scores_stores_and_exports(tmp_path: Path) -> None:
     registry = CollectorRegistry()
@@ -94,13 +124,14 @@ def test_shadow_flow_scores_stores_and_exports(tmp_path: Path) -> None:
         return teacher_answer(record, "intent: billing" if i % 2 == 0 else "intent: refund")
 
     async def run() -> Evaluator:
-        ev = Evaluator(settings_for(tmp_path), models, call_other, registry=registry)
+        settings = settings_for(tmp_path)
+        settings.store.served_sample_rate = 0.0  # served exchanges are stored with their pairs only
+        ev = Evaluator(settings, models, call_other, registry=registry)
         await ev.start()
         for i in range(40):
             record = served(i)
-            ev.observe(record)
-            assert ev.offer(record) is True
-        assert ev.offer(served(99, route="teacher")) is False  # not shadowed in this direction
+            assert ev.served(record) is True
+        assert ev.served(served(99, route="teacher")) is False  # not shadowed in this direction
         await ev.stop()
         return ev
 
@@ -114,15 +145,23 @@ def test_shadow_flow_scores_stores_and_exports(tmp_path: Path) -> None:
     assert sample(registry, "distillgate_agreement_lower_bound_ratio", model="support", version="base",
                   slice="default") == snap.lower
     assert sample(registry, "distillgate_shadow_completed_total", model="support", status="ok") == 40
-    # 40 shadow teacher answers of 30 tokens each; 40 student-served requests saved money.
-    assert sample(registry, "distillgate_teacher_tokens_total", model="support") == 1200
-    assert sample(registry, "distillgate_saved_dollars_total", model="support") > 0
+    # 40 shadow teacher answers of 30 tokens each + one teacher-served request of 25; 40 student-served
+    # requests of 20 + 5 tokens saved money. All 41 were offered to the sampler.
+    assert sample(registry, "distillgate_teacher_tokens_total", model="support") == 1225
+    prices = models["support"].prices
+    assert sample(registry, "distillgate_saved_dollars_total", model="support") == pytest.approx(40 * saving(prices, 20, 5))
+    assert sample(registry, "distillgate_teacher_spend_dollars_total", model="support") == pytest.approx(
+        40 * teacher_cost(prices, 20, 10) + teacher_cost(prices, 20, 5))
+    assert sample(registry, "distillgate_shadow_offered_total", model="support") == 41
     from evaluator.store import PairStore
 
     store = PairStore(ev.settings.store.url, ev.settings.store)
     pairs = store.pairs("support")
     assert len(pairs) == 40 and sum(p.agreed for p in pairs) == 20
     assert store.count("exchanges") == 80  # 40 served (stored once) + 40 shadow answers
+    counts = store.route_counts("support")  # every served request counted, stored or not
+    assert {route: c["requests"] for route, c in counts.items()} == {"student": 40, "teacher": 1}
+    assert counts["student"]["prompt_tokens"] == 800 and counts["teacher"]["completion_tokens"] == 5
     store.close()
 
 
@@ -138,9 +177,9 @@ def test_queue_full_drops_are_counted_and_offer_never_blocks(tmp_path: Path) -> 
     async def run() -> tuple[list[bool], Evaluator]:
         ev = Evaluator(settings_for(tmp_path, queue_size=3, workers=1), models, call_other, registry=registry)
         await ev.start()
-        results = [ev.offer(served(0))]
+        results = [ev.served(served(0))]
         await asyncio.sleep(0.05)  # let the single worker take the first record and block on the teacher
-        results += [ev.offer(served(i)) for i in range(1, 30)]  # all from one loop turn: nothing can drain
+        results += [ev.served(served(i)) for i in range(1, 30)]  # all from one loop turn: nothing can drain
         release.set()
         await ev.stop()
         return results, ev
@@ -168,9 +207,9 @@ def test_stop_persists_pending_and_start_replays_them(tmp_path: Path) -> None:
     async def first_run() -> None:
         ev = Evaluator(settings, models, stuck, registry=CollectorRegistry())
         await ev.start()
-        assert all(ev.offer(served(i)) for i in range(5))
+        assert all(ev.served(served(i)) for i in range(5))
         await ev.stop()
-        assert ev.offer(served(9)) is False  # stopped: counted as shutdown, never raises
+        assert ev.served(served(9)) is False  # stopped: counted as shutdown, never raises
 
     async def second_run() -> Evaluator:
         ev = Evaluator(settings, models, answers, registry=CollectorRegistry())
@@ -206,8 +245,7 @@ def test_failed_shadow_calls_and_feedback(tmp_path: Path) -> None:
         ev = Evaluator(settings, models, failing, registry=registry)
         await ev.start()
         record = served(1)
-        ev.observe(record)
-        ev.offer(record)
+        ev.served(record)
         known = await ev.record_feedback("req-1", label="refund", rating=0.0, comment=None, key_name="ops",
                                          model="support")
         unknown = await ev.record_feedback("nope", label="x", rating=None, comment=None, key_name=None)
@@ -247,7 +285,7 @@ def test_judge_goes_to_the_teacher_through_call_other(tmp_path: Path) -> None:
     async def run() -> Evaluator:
         ev = Evaluator(settings_for(tmp_path), models, call_other, registry=CollectorRegistry())
         await ev.start()
-        ev.offer(served(1, text="my answer"))
+        ev.served(served(1, text="my answer"))
         await ev.stop()
         return ev
 
@@ -266,6 +304,6 @@ def test_evaluators_can_coexist_in_one_process(tmp_path: Path) -> None:
     first, second = CollectorRegistry(), CollectorRegistry()
     a = Evaluator(settings_for(tmp_path), models, call_other, registry=first)
     Evaluator(settings_for(tmp_path), models, call_other, registry=second)
-    a.offer(served(1))
+    a.served(served(1))
     assert sample(first, "distillgate_shadow_offered_total", model="support") == 1
     assert sample(second, "distillgate_shadow_offered_total", model="support") == 0

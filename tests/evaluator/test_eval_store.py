@@ -202,3 +202,32 @@ def test_acknowledged_pairs_survive_sigkill(store_url: str) -> None:
     reader.close()
     assert set(acked) <= stored
     assert len(stored) >= len(acked)
+
+
+def test_route_counts_are_written_every_interval_by_the_writer_thread(tmp_path: Path, make_exchange) -> None:
+    """Served requests only bump the tally; the started writer thread turns what it gained into rows on its
+    own (no flush), one row per route and interval, and a quiet interval writes nothing."""
+    url = f"sqlite:///{tmp_path / 'counts.db'}"
+    store = PairStore(url, StoreSettings(url=url, served_sample_rate=0.0, flush_interval_s=0.02,
+                                         counts_interval_s=0.1))
+    store.migrate()
+    store.start()
+    try:
+        for i in range(7):
+            store.put_served(make_exchange(f"a{i}"))
+        store.put_served(make_exchange("t", route="teacher"))
+        deadline = time.monotonic() + 5
+        while store.route_counts("m").get("student", {}).get("requests") != 7:
+            assert time.monotonic() < deadline, "route counts never written without a flush"
+            time.sleep(0.02)
+        assert store.route_counts("m")["teacher"]["requests"] == 1
+        store.put_served(make_exchange("b"))
+        deadline = time.monotonic() + 5
+        while store.route_counts("m")["student"]["requests"] != 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # quiet intervals: no empty rows
+        assert store.count("route_counts") == 3
+    finally:
+        store.close()
+    assert store.route_counts("m")["student"]["requests"] == 8  # close wrote nothing twice

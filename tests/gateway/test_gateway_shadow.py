@@ -1,9 +1,9 @@
-"""What the gateway hands the evaluator: one ServedExchange per served response (observe + offer, after
+"""What the gateway hands the evaluator: one ServedExchange per served response (`served`, after
 the response is sent; its `record()` is the complete ExchangeRecord), and `call_other` asking the side
 that did not answer.
 
 The evaluator here is (except in the last test) a small recording stand-in that implements the Evaluator interface from the brief
-(offer/observe/start/stop) and, like the real one, runs call_other on the gateway's event loop.
+(served/start/stop) and, like the real one, runs call_other on the gateway's event loop.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ AUTH = {"authorization": f"Bearer {USER_KEY}"}
 class RecordingEvaluator:
     def __init__(self, call_other) -> None:
         self.call_other = call_other
-        self.observed: list[ServedExchange] = []
         self.offered: list[tuple[ServedExchange, dict]] = []
         self.shadows: list[ExchangeRecord | BaseException] = []
         self.started = self.stopped = False
@@ -34,11 +33,8 @@ class RecordingEvaluator:
     async def stop(self) -> None:
         self.stopped = True
 
-    def observe(self, record: ServedExchange) -> None:
-        self.observed.append(record)
-
-    def offer(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
-              confidence: float | None = None) -> bool:
+    def served(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
+               confidence: float | None = None) -> bool:
         self.offered.append((record, {"escalated": escalated, "key_name": key_name, "confidence": confidence}))
         task = asyncio.get_running_loop().create_task(self._shadow(record.record()))
         self._tasks.add(task)
@@ -79,8 +75,7 @@ def test_served_record_and_teacher_shadow(make_config, student, teacher):
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body("hi there", temperature=0),
                        headers={**AUTH, "x-tier": "pro"})
         _wait(lambda: len(ev.shadows) == 1)
-        handed, meta = ev.offered[0]
-        assert ev.observed == [handed]
+        [(handed, meta)] = ev.offered  # one hand-off per response
         served = handed.record()
         assert handed.record() is served  # assembled once
         assert meta == {"escalated": False, "key_name": "user", "confidence": None}
