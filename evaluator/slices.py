@@ -9,6 +9,11 @@ from evaluator.settings import SliceRule
 DEFAULT_SLICE = "default"
 
 
+def slice_header_names(rules: list[SliceRule]) -> frozenset[str]:
+    """The (lower-case) request headers assign_slice may read for these rules."""
+    return frozenset(rule.header.lower() for rule in rules if rule.header)
+
+
 def assign_slice(rules: list[SliceRule], headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
     """First matching rule wins; values outside a rule's list never become labels (bounded cardinality)."""
     if not rules:  # the common case, on every served request

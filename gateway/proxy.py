@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from evaluator.records import ExchangeRecord, well_formed_request_id
-from evaluator.slices import assign_slice
+from evaluator.slices import assign_slice, slice_header_names
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
 from gateway.breaker import CircuitBreaker
@@ -161,6 +161,13 @@ class Proxy:
                 )
                 self.budgets[(name, route)] = RetryBudget(r.retries.budget_ratio)
             self.cascades[name] = CascadePolicy(r.cascade)
+        # Only the request headers someone reads are decoded (an SDK client sends a dozen; a few are read).
+        names = set(PROXY_HEADERS)
+        for name, router in routers.items():
+            names |= router.header_names | slice_header_names(config.models[name].slices)
+        if tracing is not None:
+            names |= tracing.header_names
+        self.header_names = frozenset(n.encode("latin-1") for n in names)
         # Student answers of escalated requests, so the shadow call does not ask the student twice.
         self.escalated_students: OrderedDict[str, ExchangeRecord] = OrderedDict()
 
@@ -283,26 +290,22 @@ class Proxy:
         (`answer` then holds just what the last chunks say: usage)."""
         total = time.perf_counter() - t0
         route = outcome.route
-        series = self.metrics.series(model, route)
-        series.duration.observe(total)
-        series.overhead.observe(max(0.0, total - upstream_s))
-        self.metrics.count_request(model, route, 200)
         if answer is not None:
             prompt, completion = answer.prompt_tokens, answer.completion_tokens
         else:
             usage = doc.get("usage") if doc is not None else None
             prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
             completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        if isinstance(prompt, int):
-            series.prompt_tokens.inc(prompt)
-        if isinstance(completion, int):
-            series.completion_tokens.inc(completion)
+        if not isinstance(prompt, int):
+            prompt = None
+        if not isinstance(completion, int):
+            completion = None
+        self.metrics.series(model, route).answered(total, max(0.0, total - upstream_s), prompt or 0, completion or 0)
         if key.rate_limit.tokens_per_minute is not None:
             self.limiter.spend_tokens(key, (prompt or 0) + (completion or 0))
         if span is not None:
             Tracing.finish(span, response_model=outcome.decision.upstream_model, route=route, status=200,
-                           input_tokens=prompt if isinstance(prompt, int) else None,
-                           output_tokens=completion if isinstance(completion, int) else None)
+                           input_tokens=prompt, output_tokens=completion)
         if self.access_log is not None:
             self.access_log.write({"request_id": rid, "key": key.name, "model": model, "route": route,
                                    "version": outcome.decision.version, "endpoint": endpoint, "status": 200,
@@ -321,8 +324,7 @@ class Proxy:
             served = LazyExchange(
                 request_id=rid, model=model, route=record_route, version=outcome.decision.version,
                 endpoint=endpoint, request=payload, slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
-                prompt_tokens=prompt if isinstance(prompt, int) else None,
-                completion_tokens=completion if isinstance(completion, int) else None,
+                prompt_tokens=prompt, completion_tokens=completion,
                 latency_s=total, ttft_s=ttft_s, answer=None if chunks is not None else answer, doc=doc, chunks=chunks,
             )
             if outcome.escalated:
@@ -353,8 +355,8 @@ class Proxy:
             Tracing.finish(span, response_model="", route=route, status=status, input_tokens=None, output_tokens=None)
 
 
-def _headers(scope: dict) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+# Request headers the proxy itself reads; routing, slices and tracing declare theirs (Proxy.header_names).
+PROXY_HEADERS = frozenset({"authorization", "api-key", "content-length", "x-request-id"})
 
 
 class ProxyEndpoint:
@@ -367,7 +369,8 @@ class ProxyEndpoint:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         t0 = time.perf_counter()
         p = self.proxy
-        hdrs = _headers(scope)
+        wanted = p.header_names
+        hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
         rid = hdrs.get("x-request-id")
         if rid is None or not well_formed_request_id(rid):
             rid = p.ids.next()

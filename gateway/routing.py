@@ -106,6 +106,8 @@ class ModelRouter:
         self.split = WeightedSplit(r.student_percent)
         self.canary = CanarySplit()
         self._rng = rng
+        # The request headers decide() may read (the proxy decodes only the headers someone reads).
+        self.header_names = frozenset({ROUTE_HEADER} | ({self.sticky.header} if self.sticky and self.sticky.header else set()))
 
     def side(self, route: str, version: str = BASE_VERSION) -> RouteDecision:
         """The decision for a fixed side (used for fallback, cascade escalation and shadow calls)."""

@@ -31,6 +31,7 @@ class Tracing:
             self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
         self.tracer = self.provider.get_tracer("distillgate.gateway")
         self.propagator = TraceContextTextMapPropagator()
+        self.header_names = frozenset(self.propagator.fields)  # what start() reads of the incoming headers
 
     def start(self, endpoint: str, model: str, system: str, incoming: Mapping[str, str]) -> Any:
         parent = self.propagator.extract(carrier=dict(incoming))
