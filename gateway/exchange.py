@@ -115,21 +115,25 @@ def parse_sse(chunks: Iterable[bytes]) -> ParsedAnswer:
 
 def parse_sse_usage(chunks: list[bytes]) -> ParsedAnswer:
     """Only the usage of a relayed stream (tokens for metrics and limits), read from its last usage event:
-    what every stream needs, at a fraction of parse_sse's cost (the text is assembled only if asked for)."""
+    what every stream needs, at a fraction of parse_sse's cost (the text is assembled only if asked for).
+    The last read nearly always holds the whole event; the last three are joined only when it does not."""
     answer = ParsedAnswer()
-    tail = b"".join(chunks[-3:])
-    at = tail.rfind(b'"usage"')
-    while at >= 0:
-        start = tail.rfind(b"data:", 0, at)
-        end = tail.find(b"\n", at)
-        try:
-            doc = orjson.loads(tail[start + 5:end if end >= 0 else len(tail)]) if start >= 0 else None
-        except orjson.JSONDecodeError:
-            doc = None  # e.g. the event began before these chunks; an earlier one may still say it
-        if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
-            _usage(answer, doc["usage"])
-            return answer
-        at = tail.rfind(b'"usage"', 0, start if start >= 0 else 0)
+    if not chunks:
+        return answer
+    tails = (chunks[-1], b"".join(chunks[-3:])) if len(chunks) > 1 else (chunks[-1],)
+    for tail in tails:
+        at = tail.rfind(b'"usage"')
+        while at >= 0:
+            start = tail.rfind(b"data:", 0, at)
+            end = tail.find(b"\n", at)
+            try:
+                doc = orjson.loads(tail[start + 5:end if end >= 0 else len(tail)]) if start >= 0 else None
+            except orjson.JSONDecodeError:
+                doc = None  # e.g. the event began before this tail; an earlier one may still say it
+            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
+                _usage(answer, doc["usage"])
+                return answer
+            at = tail.rfind(b'"usage"', 0, start if start >= 0 else 0)
     return answer
 
 

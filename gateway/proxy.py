@@ -49,7 +49,7 @@ from gateway.registry_poll import RegistryPoller
 from gateway.retry_budget import RetryBudget
 from gateway.routing import BASE_VERSION, ModelRouter, RouteDecision
 from gateway.stream_usage import UsageStripper, with_usage
-from gateway.streaming import relay_sse
+from gateway.streaming import DisconnectWatch, relay_sse
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream
 
@@ -150,6 +150,7 @@ class Proxy:
         self.evaluator: Any | None = None  # set by the app's lifespan once it has started
         self.max_body = config.server.max_body_bytes
         self.ids = RequestIds()
+        self.disconnects = DisconnectWatch()
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
@@ -490,7 +491,7 @@ class ProxyEndpoint:
             ],
         })
         stats = await relay_sse(upstream_stream, send, receive, t0, p.metrics.series(model, outcome.route),
-                                None if asked is None else UsageStripper())
+                                p.disconnects, None if asked is None else UsageStripper())
         if not stats.completed:
             p.metrics.count_request(model, outcome.route, 499 if stats.client_disconnected else 502)
             if span is not None:

@@ -2,8 +2,9 @@
 
 A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
 upstream connection so the model stops generating. The watcher starts only once a stream has been open
-for WATCH_AFTER_S (a timer, cancelled if the stream ends first): a task per stream costs ~16 us of CPU
-(bench/gateway_overhead.py), and a disconnect in a stream's first 50 ms is still noticed at that point.
+for WATCH_AFTER_S (DisconnectWatch: one timer for every open stream): a task per stream costs ~16 us of
+CPU and a timer per stream a few more (bench/gateway_overhead.py), while most streams end first; a
+disconnect in a stream's first 50 ms is still noticed at that point.
 Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
 ended. With a `strip` (gateway.stream_usage), the
 usage the gateway asked for on the client's behalf is removed from what the client receives.
@@ -34,6 +35,42 @@ class StreamStats:
     chunks: list[bytes] = field(default_factory=list)
 
 
+class DisconnectWatch:
+    """Starts `start()` for each registered stream still open `after_s` after it registered, from one timer
+    shared by all streams (kept in the order they registered, so a sweep stops at the first stream not
+    yet due). Event-loop thread only."""
+
+    def __init__(self, after_s: float = WATCH_AFTER_S) -> None:
+        self.after_s = after_s
+        self._pending: dict[int, tuple[float, Any]] = {}  # key -> (registered at, start); oldest first
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's (an app may be served again on another)
+
+    def add(self, key: int, start: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending[key] = (loop.time(), start)
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.after_s, self._sweep)
+
+    def discard(self, key: int) -> None:
+        self._pending.pop(key, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        due_before = loop.time() - self.after_s
+        pending = self._pending
+        while pending:
+            key = next(iter(pending))
+            since, start = pending[key]
+            if since > due_before:
+                self._timer = loop.call_at(since + self.after_s, self._sweep)
+                return
+            del pending[key]
+            start()
+
+
 async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: StreamStats) -> None:
     while True:
         message = await receive()
@@ -44,19 +81,18 @@ async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: Strea
 
 
 async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries,
-                    strip: UsageStripper | None = None) -> StreamStats:
+                    watch: DisconnectWatch, strip: UsageStripper | None = None) -> StreamStats:
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
-    loop = asyncio.get_running_loop()
     relay_task = asyncio.current_task()
     watcher: asyncio.Task | None = None
 
     def start_watching() -> None:
         nonlocal watcher
-        watcher = loop.create_task(_watch_disconnect(receive, relay_task, stats))
+        watcher = relay_task.get_loop().create_task(_watch_disconnect(receive, relay_task, stats))
 
-    timer = loop.call_later(WATCH_AFTER_S, start_watching)
+    watch.add(id(stats), start_watching)
     perf = time.perf_counter
     ttft_obs = series.ttft.observe
     gap_obs = series.inter_token.observe
@@ -105,7 +141,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
             await send({"type": "http.response.body", "body": err, "more_body": True})
     finally:
         stream.close()
-        timer.cancel()
+        watch.discard(id(stats))
         if watcher is not None and not watcher.done():
             watcher.cancel()
     if not stats.client_disconnected:

@@ -54,19 +54,30 @@ def _translate(exc: BaseException, name: str) -> Exception:
 
 
 class _AiohttpStream:
-    __slots__ = ("_resp", "content_type", "_name")
+    """Its own async iterator over the response body's reads (one coroutine per read, no generator layers)."""
+
+    __slots__ = ("_resp", "_content", "content_type", "_name")
 
     def __init__(self, resp: aiohttp.ClientResponse, name: str) -> None:
         self._resp = resp
+        self._content = resp.content
         self._name = name
         self.content_type = resp.headers.get("content-type", "text/event-stream").encode()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            async for data in self._resp.content.iter_any():
-                yield data
+            data = await self._content.readany()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _translate(exc, self._name) from None
+        if not data:
+            raise StopAsyncIteration
+        return data
 
     def close(self) -> None:
         # close(), not release(): an unfinished stream must drop the connection so the upstream stops. A stream

@@ -2,6 +2,7 @@
 the upstream, fallback before the first byte."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -183,3 +184,33 @@ def test_client_hanging_up_right_after_done_is_a_complete_answer(make_config, st
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 1
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="499") is None
         assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
+
+
+def test_disconnect_watch_starts_only_streams_still_open_after_the_delay() -> None:
+    """One timer for every stream: each stream's watcher starts `after_s` after that stream registered, a
+    stream that ended first never gets one, and streams registered later are swept on a later turn."""
+    from gateway.streaming import DisconnectWatch
+
+    async def run() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        watch = DisconnectWatch(after_s=0.05)
+        started: list[tuple[str, float]] = []
+        t0 = loop.time()
+
+        def starter(name: str):
+            return lambda: started.append((name, loop.time() - t0))
+
+        watch.add(1, starter("a"))
+        watch.add(2, starter("ended"))
+        await asyncio.sleep(0.02)
+        watch.add(3, starter("late"))
+        watch.discard(2)
+        await asyncio.sleep(0.2)
+        watch.add(4, starter("after-idle"))  # the timer had stopped with nothing pending: a new one starts
+        await asyncio.sleep(0.1)
+        return started
+
+    started = asyncio.run(run())
+    assert [name for name, _ in started] == ["a", "late", "after-idle"]
+    a, late = started[0][1], started[1][1]
+    assert 0.045 <= a < 0.15 and late - a >= 0.015  # each at its own deadline, not both at the first
