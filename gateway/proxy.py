@@ -154,8 +154,10 @@ class Proxy:
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
+        self.max_attempts: dict[str, int] = {}
         for name, m in config.models.items():
             r = m.routing
+            self.max_attempts[name] = r.retries.max_attempts
             for route in ("student", "teacher"):
                 self.breakers[(name, route)] = CircuitBreaker(
                     r.fallback.breaker, on_change=lambda s, n=name, rt=route: metrics.set_breaker_state(n, rt, s)
@@ -186,7 +188,7 @@ class Proxy:
         upstream = self.upstreams[d.target.upstream]
         budget = self.budgets[key]
         budget.on_request()
-        attempts = self.config.models[model].routing.retries.max_attempts
+        attempts = self.max_attempts[model]
         attempt = 0
         perf = time.perf_counter
         while True:

@@ -106,16 +106,29 @@ class ModelRouter:
         self.split = WeightedSplit(r.student_percent)
         self.canary = CanarySplit()
         self._rng = rng
+        self._decisions: dict[tuple[str, str, str], RouteDecision] = {}
         # The request headers decide() may read (the proxy decodes only the headers someone reads).
         self.header_names = frozenset({ROUTE_HEADER} | ({self.sticky.header} if self.sticky and self.sticky.header else set()))
 
+    def _decision(self, route: str, version: str, reason: str) -> RouteDecision:
+        """Decisions are immutable and few (sides x live versions x reasons): built once, then looked up."""
+        key = (route, version, reason)
+        found = self._decisions.get(key)
+        if found is None:
+            if route == "teacher":
+                t = self.settings.teacher
+                found = RouteDecision("teacher", t, t.model, t.model, reason)
+            else:
+                s = self.settings.student
+                found = RouteDecision("student", s, s.model if version == BASE_VERSION else version, version, reason)
+            if len(self._decisions) >= 1024:  # versions come and go over months; never grow without bound
+                self._decisions.clear()
+            self._decisions[key] = found
+        return found
+
     def side(self, route: str, version: str = BASE_VERSION) -> RouteDecision:
         """The decision for a fixed side (used for fallback, cascade escalation and shadow calls)."""
-        if route == "teacher":
-            t = self.settings.teacher
-            return RouteDecision("teacher", t, t.model, t.model, "fixed")
-        s = self.settings.student
-        return RouteDecision("student", s, s.model if version == BASE_VERSION else version, version, "fixed")
+        return self._decision(route, BASE_VERSION if route == "teacher" else version, "fixed")
 
     def decide(
         self, headers: Mapping[str, str], body: Mapping[str, Any], key: KeyInfo, active: ActiveVersionsLike | None
@@ -131,9 +144,8 @@ class ModelRouter:
             else:
                 route, reason = self.split.pick(self._rng()), "weighted"
         if route == "teacher":
-            t = self.settings.teacher
-            return RouteDecision("teacher", t, t.model, t.model, reason)
+            return self._decision("teacher", BASE_VERSION, reason)
+        if active is None:  # no registry versions: the base student, nothing to draw
+            return self._decision("student", BASE_VERSION, reason)
         u = self.sticky.unit(headers, body, "canary:") if sticky_u is not None else self._rng()
-        version = self.canary.pick(active, u if u is not None else self._rng())
-        s = self.settings.student
-        return RouteDecision("student", s, s.model if version == BASE_VERSION else version, version, reason)
+        return self._decision("student", self.canary.pick(active, u if u is not None else self._rng()), reason)
