@@ -186,12 +186,13 @@ class LazyExchange:
     __slots__ = ("request_id", "model", "route", "version", "endpoint", "request", "status", "slice",
                  "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "_answer", "_doc", "_chunks", "_record")
 
-    def __init__(self, *, request_id: str, model: str, route: str, version: str, endpoint: str,
+    def __init__(self, request_id: str, model: str, route: str, version: str, endpoint: str,
                  request: dict[str, Any], slice_name: str, prompt_tokens: int | None, completion_tokens: int | None,
                  latency_s: float, ttft_s: float | None, answer: ParsedAnswer | None = None,
                  doc: dict[str, Any] | None = None, chunks: list[bytes] | None = None) -> None:
         """The answer comes as one of: `answer` (already parsed), `doc` (a JSON response) or `chunks` (a
-        relayed SSE stream)."""
+        relayed SSE stream). Positional on purpose: built for every request, and a class called with
+        keywords costs ~2x (CPython builds a kwargs dict for __init__; bench notes in README)."""
         self.request_id = request_id
         self.model = model
         self.route = route

@@ -155,6 +155,7 @@ class Proxy:
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
         self.max_attempts: dict[str, int] = {}
+        self.slices = {name: m.slices for name, m in config.models.items()}
         for name, m in config.models.items():
             r = m.routing
             self.max_attempts[name] = r.retries.max_attempts
@@ -324,11 +325,10 @@ class Proxy:
                 record_route = "cascade"
             else:
                 record_route = "student" if outcome.decision.route == "student" else route
-            served = LazyExchange(
-                request_id=rid, model=model, route=record_route, version=outcome.decision.version,
-                endpoint=endpoint, request=payload, slice_name=assign_slice(self.config.models[model].slices, hdrs, payload),
-                prompt_tokens=prompt, completion_tokens=completion,
-                latency_s=total, ttft_s=ttft_s, answer=None if chunks is not None else answer, doc=doc, chunks=chunks,
+            served = LazyExchange(  # positional: see LazyExchange.__init__
+                rid, model, record_route, outcome.decision.version, endpoint, payload,
+                assign_slice(self.slices[model], hdrs, payload), prompt, completion, total, ttft_s,
+                None if chunks is not None else answer, doc, chunks,
             )
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
