@@ -99,7 +99,7 @@ class RequestIds:
         return self._prefix + format(next(self._count), "x")
 
 
-async def read_body(receive: Any, content_length: str | None, limit: int) -> bytes:
+def _check_declared_length(content_length: str | None, limit: int) -> None:
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -107,10 +107,26 @@ async def read_body(receive: Any, content_length: str | None, limit: int) -> byt
             raise InvalidRequest("invalid content-length header") from None
         if declared > limit:
             raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+
+
+def _whole_body(message: dict, limit: int) -> bytes | None:
+    """The body when this first message holds all of it (the usual case), else None."""
+    if message["type"] != "http.request" or message.get("more_body", False):
+        return None
+    body = message.get("body", b"")
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return body
+
+
+async def read_body(receive: Any, content_length: str | None, limit: int, first: dict | None = None) -> bytes:
+    """The request body, refusing more than `limit` bytes; `first`: a message already received."""
+    _check_declared_length(content_length, limit)
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = first if first is not None else await receive()
+        first = None
         if message["type"] == "http.disconnect":
             raise _ClientGone()
         part = message.get("body", b"")
@@ -385,7 +401,12 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             key = p.auth.authenticate_header(hdrs.get("authorization"), hdrs.get("api-key"))
-            raw = await read_body(receive, hdrs.get("content-length"), p.max_body)
+            content_length = hdrs.get("content-length")
+            _check_declared_length(content_length, p.max_body)
+            first = await receive()
+            raw = _whole_body(first, p.max_body)
+            if raw is None:
+                raw = await read_body(receive, content_length, p.max_body, first)
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:
