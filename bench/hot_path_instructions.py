@@ -11,7 +11,8 @@ imports cancel out.
 Background work is rate-based (drift windows keep at most max_observed_per_s, the store at most
 served_max_per_s served rows a second); under valgrind requests run ~50x slower, so those caps are scaled
 down to keep the same share of requests as bench/gateway_overhead.py's ~8,000 req/s, and periodic work
-(registry polls, store flushes) is moved out of the window.
+(registry polls, store flushes) is moved out of the window. The caps are per second all the same, so run
+it on a quiet machine: a slower run keeps a larger share of requests and counts more per request.
 
     python bench/hot_path_instructions.py [--requests 1000]      # needs valgrind (Debian package)
 """
