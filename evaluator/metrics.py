@@ -94,4 +94,3 @@ class EvaluatorMetrics:
         self.drift_auc = Gauge("distillgate_drift_classifier_auc", "Reference-vs-current classifier AUC (0.5 = none)",
                                ["model"], registry=r)
         self.feedback = Counter("distillgate_feedback_total", "Feedback records accepted", ["model"], registry=r)
-

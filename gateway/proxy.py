@@ -119,9 +119,9 @@ def _whole_body(message: dict, limit: int) -> bytes | None:
     return body
 
 
-async def read_body(receive: Any, content_length: str | None, limit: int, first: dict | None = None) -> bytes:
-    """The request body, refusing more than `limit` bytes; `first`: a message already received."""
-    _check_declared_length(content_length, limit)
+async def read_body(receive: Any, limit: int, first: dict | None = None) -> bytes:
+    """The request body, refusing more than `limit` bytes as it arrives (the declared content-length is
+    _check_declared_length's); `first`: a message already received."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -184,7 +184,7 @@ class Proxy:
         # Only the request headers someone reads are decoded (an SDK client sends a dozen; a few are read).
         names = set(PROXY_HEADERS)
         for name, router in routers.items():
-            names |= router.header_names | slice_header_names(config.models[name].slices)
+            names |= router.header_names | slice_header_names(self.slices[name])
         if tracing is not None:
             names |= tracing.header_names
         self.header_names = frozenset(n.encode("latin-1") for n in names)
@@ -401,12 +401,11 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             key = p.auth.authenticate_header(hdrs.get("authorization"), hdrs.get("api-key"))
-            content_length = hdrs.get("content-length")
-            _check_declared_length(content_length, p.max_body)
+            _check_declared_length(hdrs.get("content-length"), p.max_body)
             first = await receive()
             raw = _whole_body(first, p.max_body)
             if raw is None:
-                raw = await read_body(receive, content_length, p.max_body, first)
+                raw = await read_body(receive, p.max_body, first)
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:

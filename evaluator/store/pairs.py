@@ -13,9 +13,9 @@ from sqlalchemy.sql import Select
 
 from evaluator.metrics import StoreMetrics
 from evaluator.records import ExchangeRecord, Feedback, ServedExchange, ShadowPair
+from evaluator.served_tally import ServedTally
 from evaluator.settings import StoreSettings
 from evaluator.store import schema
-from evaluator.served_tally import ServedTally
 from evaluator.store.counts import RouteCounts
 from evaluator.store.engine import create_store_engine
 from evaluator.store.migrate import upgrade_to_head
