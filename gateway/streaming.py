@@ -2,7 +2,7 @@
 
 A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
 upstream connection so the model stops generating. The watcher starts only once a stream has been open
-for WATCH_AFTER_S (DisconnectWatch: one timer for every open stream): a task per stream costs ~16 us of
+for WATCH_AFTER_S (a DelayedCalls: one timer for every open stream): a task per stream costs ~16 us of
 CPU and a timer per stream a few more (bench/gateway_overhead.py), while most streams end first; a
 disconnect in a stream's first 50 ms is still noticed at that point.
 Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.delayed_calls import DelayedCalls
 from gateway.errors import UpstreamError, error_body
 from gateway.metrics import RouteSeries
 from gateway.stream_usage import UsageStripper
@@ -35,42 +36,6 @@ class StreamStats:
     chunks: list[bytes] = field(default_factory=list)
 
 
-class DisconnectWatch:
-    """Starts `start()` for each registered stream still open `after_s` after it registered, from one timer
-    shared by all streams (kept in the order they registered, so a sweep stops at the first stream not
-    yet due). Event-loop thread only."""
-
-    def __init__(self, after_s: float = WATCH_AFTER_S) -> None:
-        self.after_s = after_s
-        self._pending: dict[int, tuple[float, Any]] = {}  # key -> (registered at, start); oldest first
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's (an app may be served again on another)
-
-    def add(self, key: int, start: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending[key] = (loop.time(), start)
-        if self._timer is None or self._loop is not loop:
-            self._loop = loop
-            self._timer = loop.call_later(self.after_s, self._sweep)
-
-    def discard(self, key: int) -> None:
-        self._pending.pop(key, None)
-
-    def _sweep(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        due_before = loop.time() - self.after_s
-        pending = self._pending
-        while pending:
-            key = next(iter(pending))
-            since, start = pending[key]
-            if since > due_before:
-                self._timer = loop.call_at(since + self.after_s, self._sweep)
-                return
-            del pending[key]
-            start()
-
-
 async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: StreamStats) -> None:
     while True:
         message = await receive()
@@ -81,7 +46,7 @@ async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: Strea
 
 
 async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries,
-                    watch: DisconnectWatch, strip: UsageStripper | None = None) -> StreamStats:
+                    watch: DelayedCalls, strip: UsageStripper | None = None) -> StreamStats:
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append

@@ -7,16 +7,20 @@ OpenAI JSON / SSE bytes. Both raise the typed errors of gateway.errors, never ai
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import version as _version
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.config import UpstreamSettings
+from gateway.delayed_calls import Deadline, DelayedCalls
 from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 
+USER_AGENT = "distillgate/" + _version("distillgate")
 ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -91,19 +95,24 @@ class OpenAIUpstream:
         self.settings = settings
         self.base_url = (settings.base_url or "").rstrip("/")
         t = settings.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        # First byte: our own deadline (DelayedCalls), not aiohttp's sock_read, which arms and cancels a
+        # loop timer on every read of every response; the session's timeouts are connect and total.
+        self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s)
+        self._first_byte = DelayedCalls(t.first_byte_s)
         self._probe_timeout = aiohttp.ClientTimeout(total=min(2.0, t.total_s), sock_connect=t.connect_s)
         key = settings.api_key()
-        self._base_headers = {"content-type": "application/json"}
+        # Our own User-Agent: with one set, aiohttp adds no default one (skip_auto_headers would cost a header
+        # copy and merge on every request).
+        self._base_headers = {"content-type": "application/json", "user-agent": USER_AGENT}
         if key:
             self._base_headers["authorization"] = f"Bearer {key}"
+        # Built once: given a str, aiohttp builds a URL object from it on every request.
+        self._urls = {endpoint: URL(self.base_url + path) for endpoint, path in ENDPOINT_PATHS.items()} if self.base_url else {}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=30.0, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._base_headers, skip_auto_headers=("User-Agent",)
-        )
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._base_headers)
 
     async def close(self) -> None:
         if self.session is not None:
@@ -111,22 +120,39 @@ class OpenAIUpstream:
             self.session = None
 
     async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
+        deadline = Deadline()
+        self._first_byte.add(id(deadline), deadline)
         try:
-            async with self.session.post(self.base_url + ENDPOINT_PATHS[endpoint], data=body, headers=headers) as resp:
+            async with self.session.post(self._urls[endpoint], data=body, headers=headers) as resp:
+                self._first_byte.discard(id(deadline))
                 data = await resp.read()
                 ctype = resp.headers.get("content-type", "application/json").encode()
                 status = resp.status
+        except asyncio.CancelledError:
+            if not deadline.fired:
+                raise
+            raise self._timed_out(deadline) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _translate(exc, self.name) from None
+        finally:
+            self._first_byte.discard(id(deadline))
         if status != 200:
             raise UpstreamStatus(status, data, ctype)
         return UpstreamReply(data, ctype)
 
     async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
+        deadline = Deadline()
+        self._first_byte.add(id(deadline), deadline)
         try:
-            resp = await self.session.post(self.base_url + ENDPOINT_PATHS[endpoint], data=body, headers=headers)
+            resp = await self.session.post(self._urls[endpoint], data=body, headers=headers)
+        except asyncio.CancelledError:
+            if not deadline.fired:
+                raise
+            raise self._timed_out(deadline) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _translate(exc, self.name) from None
+        finally:
+            self._first_byte.discard(id(deadline))
         if resp.status != 200:
             try:
                 data = await resp.read()
@@ -136,6 +162,13 @@ class OpenAIUpstream:
                 resp.release()
             raise UpstreamStatus(resp.status, data, resp.headers.get("content-type", "application/json").encode())
         return _AiohttpStream(resp, self.name)
+
+    def _timed_out(self, deadline: Deadline) -> UpstreamTimeout:
+        """The error for a request its first-byte deadline cancelled; the task is un-cancelled (nobody else
+        asked for it) so the caller can go on, e.g. to the fallback side."""
+        if deadline.task is not None:
+            deadline.task.uncancel()
+        return UpstreamTimeout(f"upstream {self.name!r} sent nothing within {self._first_byte.after_s:g} s")
 
     async def probe(self) -> bool:
         try:

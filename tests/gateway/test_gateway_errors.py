@@ -1,6 +1,8 @@
 """Every error status, in OpenAI's error JSON, from a real gateway; and no request body yields a 500."""
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
@@ -110,6 +112,49 @@ def test_504_upstream_timeout(make_config, student):
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
         _error(r, 504, "upstream_timeout")
         assert r.headers["x-distillgate-route"] == "student"
+
+
+def test_first_byte_timeout_bounds_the_headers_not_a_streams_gaps(make_config, student):
+    """first_byte_s is the wait for the response headers (a stream whose headers are late is a 504); gaps
+    between a stream's chunks longer than it are fine (total_s bounds the whole answer)."""
+    config = make_config({"upstreams": {"vllm": {"timeouts": {"first_byte_s": 0.3}}}},
+                         routing={"fallback": {"enabled": False}, "retries": {"max_attempts": 1}})
+    student.answer, student.stream_delay_s = "slow words", 0.6
+    with GatewayThread(config, evaluator=False) as g:
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key=USER_KEY, max_retries=0)
+        stream = client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).split() == ["slow", "words"]
+        student.stream_delay_s, student.delay_s = 0.0, 1.5
+        r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH, timeout=10)
+        _error(r, 504, "upstream_timeout")
+
+
+def test_a_cancelled_upstream_call_stays_cancelled(student):
+    """Only the first-byte deadline turns a cancellation into UpstreamTimeout; a caller's own cancellation
+    (a client gone, a shutdown) propagates as such and leaves no deadline behind."""
+    from gateway.config import UpstreamSettings
+    from gateway.errors import UpstreamTimeout
+    from gateway.upstreams import OpenAIUpstream
+
+    async def run() -> None:
+        upstream = OpenAIUpstream("vllm", UpstreamSettings(base_url=student.url, timeouts={"first_byte_s": 0.3}))
+        await upstream.start()
+        try:
+            body = b'{"model": "student-served", "messages": [{"role": "user", "content": "x"}]}'
+            call = asyncio.create_task(upstream.post("chat", body, {}, {}))
+            await asyncio.sleep(0.1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert not upstream._first_byte._pending
+            with pytest.raises(UpstreamTimeout):  # the deadline's own cancellation, on the same upstream
+                await upstream.post("chat", body, {}, {})
+            assert not upstream._first_byte._pending
+        finally:
+            await upstream.close()
+
+    student.delay_s = 1.0
+    asyncio.run(run())
 
 
 def test_upstream_4xx_passes_through(gw, student):

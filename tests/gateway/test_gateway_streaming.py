@@ -186,14 +186,15 @@ def test_client_hanging_up_right_after_done_is_a_complete_answer(make_config, st
         assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
 
 
-def test_disconnect_watch_starts_only_streams_still_open_after_the_delay() -> None:
-    """One timer for every stream: each stream's watcher starts `after_s` after that stream registered, a
-    stream that ended first never gets one, and streams registered later are swept on a later turn."""
-    from gateway.streaming import DisconnectWatch
+def test_delayed_calls_fire_only_keys_still_registered_after_the_delay() -> None:
+    """One timer for every stream (disconnect watchers) or request (first-byte deadlines): each key fires
+    `after_s` after it registered, a key discarded first never fires, and keys registered later are swept
+    on a later turn."""
+    from gateway.delayed_calls import DelayedCalls
 
     async def run() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
-        watch = DisconnectWatch(after_s=0.05)
+        watch = DelayedCalls(after_s=0.05)
         started: list[tuple[str, float]] = []
         t0 = loop.time()
 

@@ -1,0 +1,66 @@
+"""One event-loop timer for many per-request deadlines.
+
+A uvloop timer costs a libuv handle to create and another to cancel, a few thousand instructions each
+(bench/proxy_instructions.py: aiohttp's per-read socket timeout cost the gateway ~12,000 instructions a
+request), while almost every deadline is withdrawn long before it is due. Here a deadline is a dict
+entry: `add` when the clock starts, `discard` when the awaited thing happens, and the shared timer calls
+what is still registered once its delay has passed.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class DelayedCalls:
+    """Calls `fire()` for each key still registered `after_s` after it was added, from one timer shared by
+    all keys (kept in the order they were added, so a sweep stops at the first key not yet due).
+    Event-loop thread only."""
+
+    __slots__ = ("after_s", "_pending", "_timer", "_loop")
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._pending: dict[int, tuple[float, Callable[[], object]]] = {}  # key -> (added at, fire); oldest first
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's (an app may be served again on another)
+
+    def add(self, key: int, fire: Callable[[], object]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending[key] = (loop.time(), fire)
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.after_s, self._sweep)
+
+    def discard(self, key: int) -> None:
+        self._pending.pop(key, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        due_before = loop.time() - self.after_s
+        pending = self._pending
+        while pending:
+            key = next(iter(pending))
+            since, fire = pending[key]
+            if since > due_before:
+                self._timer = loop.call_at(since + self.after_s, self._sweep)
+                return
+            del pending[key]
+            fire()
+
+
+class Deadline:
+    """Cancels the task that created it when fired (by a DelayedCalls); `fired` tells that cancellation
+    from any other (the caller then un-cancels its task and raises its own timeout error)."""
+
+    __slots__ = ("task", "fired")
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
