@@ -146,7 +146,7 @@ class Evaluator:
                 log.exception("store retention failed")
 
     # -- hot path (sync, O(1), never raises) -----------------------------------------------------------
-    def served(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
+    def served(self, record: ServedExchange, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> bool:
         """Every served request, once: counted per route (requests, tokens: reports, spend and offer metrics
         are read from those totals), stored when sampled, added to the drift window, and queued for a shadow
@@ -161,7 +161,7 @@ class Evaluator:
             sampler = self._samplers.get(model)
             if sampler is None:
                 return False
-            decision = sampler.decide(record, escalated=escalated, key_name=key_name, confidence=confidence)
+            decision = sampler.decide(record, escalated, key_name, confidence)  # positional: every request
             if decision is Decision.SKIP:
                 return False
             return self._enqueue_shadow(record, decision)

@@ -39,15 +39,19 @@ class Sampler:
         self._spent = shadow_tokens_last_hour
         self._rng = rng or random.Random()
         self._direction_route = "student" if settings.direction == "student_to_teacher" else "teacher"
+        # The always-rules, read once (decide runs on every served request).
+        self._on_escalation = settings.always_on_escalation
+        self._below_confidence = settings.always_below_confidence
+        self._keys = frozenset(settings.always_for_keys)
+        self._slices = frozenset(settings.always_for_slices)
 
     def _always(self, record: ServedExchange, escalated: bool, key_name: str | None, confidence: float | None) -> bool:
-        s = self.settings
+        slices = self._slices
         return (
-            (escalated and s.always_on_escalation)
-            or (confidence is not None and s.always_below_confidence is not None and confidence < s.always_below_confidence)
-            or (key_name is not None and bool(s.always_for_keys) and key_name in s.always_for_keys)
-            or (bool(s.always_for_slices)
-                and (record.slice in s.always_for_slices or record.slice.split(":", 1)[0] in s.always_for_slices))
+            (escalated and self._on_escalation)
+            or (confidence is not None and self._below_confidence is not None and confidence < self._below_confidence)
+            or (key_name is not None and key_name in self._keys)
+            or (bool(slices) and (record.slice in slices or record.slice.split(":", 1)[0] in slices))
         )
 
     def _budget_factor(self) -> float:
@@ -57,13 +61,15 @@ class Sampler:
         used = self._spent() / cap
         return max(0.0, min(1.0, 2.0 * (1.0 - used)))
 
-    def decide(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
+    def decide(self, record: ServedExchange, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> Decision:
-        # The budget is only looked at for a request that would otherwise be sampled (it walks a window).
-        if self._always(record, escalated, key_name, confidence):
+        # The always-rules only when one could apply; the budget only for a request that would otherwise be
+        # sampled (it walks a window).
+        if (escalated or confidence is not None or self._keys or self._slices) \
+                and self._always(record, escalated, key_name, confidence):
             return Decision.SAMPLE if self._budget_factor() > 0 else Decision.SPEND_CAP
         rate = self.settings.rate
-        if record.route != self._direction_route or rate <= 0:
+        if rate <= 0 or record.route != self._direction_route:
             return Decision.SKIP
         u = hash_unit(record.request_id) if self.settings.deterministic else self._rng.random()
         if u >= rate:

@@ -18,6 +18,11 @@ class KeyInfo:
     can_override_route: bool = False
     admin: bool = False
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    limited: bool = field(init=False)  # any rate limit at all: the hot path skips the limiter when not
+
+    def __post_init__(self) -> None:
+        limits = self.rate_limit
+        object.__setattr__(self, "limited", limits.requests_per_minute is not None or limits.tokens_per_minute is not None)
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models

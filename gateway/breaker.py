@@ -13,6 +13,7 @@ class CircuitBreaker:
     """`allow()` before a call, then exactly one of `record_success()` / `record_failure()`.
 
     `on_change(state)` is called on every transition (the app exports it as distillgate_breaker_state).
+    `healthy`: closed with no failure counted, so a success has nothing to reset (callers skip the call).
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class CircuitBreaker:
         self._on_change = on_change
         self._clock = clock
         self.state = CLOSED
+        self.healthy = True
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
@@ -56,8 +58,10 @@ class CircuitBreaker:
         self._failures = 0
         if self.state != CLOSED:
             self._set(CLOSED)
+        self.healthy = True
 
     def record_failure(self) -> None:
+        self.healthy = False
         if self.state == HALF_OPEN:
             self._open()
             return

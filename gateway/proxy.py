@@ -23,11 +23,12 @@ from typing import Any
 import orjson
 
 from evaluator.records import ExchangeRecord, well_formed_request_id
-from evaluator.slices import assign_slice, slice_header_names
+from evaluator.slices import DEFAULT_SLICE, assign_slice, slice_header_names
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
-from gateway.breaker import CircuitBreaker
+from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
+from gateway.delayed_calls import DelayedCalls
 from gateway.config import DistillgateConfig
 from gateway.errors import (
     GatewayError,
@@ -49,7 +50,7 @@ from gateway.registry_poll import RegistryPoller
 from gateway.retry_budget import RetryBudget
 from gateway.routing import BASE_VERSION, ModelRouter, RouteDecision
 from gateway.stream_usage import UsageStripper, with_usage
-from gateway.streaming import DisconnectWatch, relay_sse
+from gateway.streaming import WATCH_AFTER_S, relay_sse
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream
 
@@ -69,12 +70,10 @@ class _ClientGone(Exception):
 
 
 class UpstreamTime:
-    """Seconds one request spent waiting on upstreams, over every attempt (overhead = total - this)."""
+    """Seconds one request spent waiting on upstreams, over every attempt (overhead = total - this).
+    No __init__: built on every request, and a Python __init__ costs a frame."""
 
-    __slots__ = ("seconds",)
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    seconds = 0.0
 
 
 @dataclass(slots=True)
@@ -96,7 +95,7 @@ class RequestIds:
         self._count = itertools.count(1)
 
     def next(self) -> str:
-        return self._prefix + format(next(self._count), "x")
+        return self._prefix + str(next(self._count))  # str(): format(n, "x") parses a format spec each time
 
 
 def _check_declared_length(content_length: str | None, limit: int) -> None:
@@ -166,12 +165,13 @@ class Proxy:
         self.evaluator: Any | None = None  # set by the app's lifespan once it has started
         self.max_body = config.server.max_body_bytes
         self.ids = RequestIds()
-        self.disconnects = DisconnectWatch()
+        self.disconnects = DelayedCalls(WATCH_AFTER_S)
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
         self.max_attempts: dict[str, int] = {}
         self.slices = {name: m.slices for name, m in config.models.items()}
+        self.in_flight = {name: metrics.model(name).in_flight for name in config.models}
         for name, m in config.models.items():
             r = m.routing
             self.max_attempts[name] = r.retries.max_attempts
@@ -200,7 +200,7 @@ class Proxy:
                        endpoint: str, stream: bool, spent: UpstreamTime) -> tuple[UpstreamReply | UpstreamStream, Any]:
         key = (model, d.route)
         breaker = self.breakers[key]
-        if not breaker.allow():
+        if breaker.state is not CLOSED and not breaker.allow():
             raise BreakerOpen(f"upstream for {model}/{d.route} is failing; circuit open")
         upstream = self.upstreams[d.target.upstream]
         budget = self.budgets[key]
@@ -214,7 +214,8 @@ class Proxy:
             try:
                 if stream:
                     result = await upstream.open_stream(endpoint, body, payload, headers)
-                    breaker.record_success()
+                    if not breaker.healthy:
+                        breaker.record_success()
                     return result, None
                 reply = await upstream.post(endpoint, body, payload, headers)
                 try:
@@ -223,7 +224,8 @@ class Proxy:
                     raise UpstreamBadResponse(f"upstream {d.target.upstream!r} answered with invalid JSON") from None
                 if not isinstance(doc, dict):
                     raise UpstreamBadResponse(f"upstream {d.target.upstream!r} answered with a non-object")
-                breaker.record_success()
+                if not breaker.healthy:
+                    breaker.record_success()
                 return reply, doc
             except UpstreamStatus as exc:
                 if exc.status >= 500:
@@ -303,11 +305,12 @@ class Proxy:
 
     # ---- after the response: metrics, tokens, trace, log, evaluator ---------------------------------
 
-    def _finish(self, *, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
+    def _finish(self, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
                 payload: dict, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None, doc: dict | None,
-                ttft_s: float | None, span: Any, chunks: list[bytes] | None = None) -> None:
-        """`chunks`: a stream's relayed SSE, whose full answer the evaluator assembles only if it needs it
-        (`answer` then holds just what the last chunks say: usage)."""
+                ttft_s: float | None, span: Any, chunks: list[bytes] | None) -> None:
+        """Positional: called on every request (keywords cost a dict). `chunks`: a stream's relayed SSE, whose
+        full answer the evaluator assembles only if it needs it (`answer` then holds just what the last
+        chunks say: usage)."""
         total = time.perf_counter() - t0
         route = outcome.route
         if answer is not None:
@@ -341,14 +344,15 @@ class Proxy:
                 record_route = "cascade"
             else:
                 record_route = "student" if outcome.decision.route == "student" else route
+            rules = self.slices[model]
             served = LazyExchange(  # positional: see LazyExchange.__init__
                 rid, model, record_route, outcome.decision.version, endpoint, payload,
-                assign_slice(self.slices[model], hdrs, payload), prompt, completion, total, ttft_s,
+                assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE, prompt, completion, total, ttft_s,
                 None if chunks is not None else answer, doc, chunks,
             )
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
-            ev.served(served, escalated=outcome.escalated, key_name=key.name, confidence=outcome.confidence)
+            ev.served(served, outcome.escalated, key.name, outcome.confidence)
         except Exception:  # the evaluator must never break serving
             log.exception("evaluator hand-off failed for request %s", rid)
 
@@ -401,10 +405,10 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             key = p.auth.authenticate_header(hdrs.get("authorization"), hdrs.get("api-key"))
-            _check_declared_length(hdrs.get("content-length"), p.max_body)
             first = await receive()
             raw = _whole_body(first, p.max_body)
-            if raw is None:
+            if raw is None:  # more to come: refuse an oversized declared length before reading it
+                _check_declared_length(hdrs.get("content-length"), p.max_body)
                 raw = await read_body(receive, p.max_body, first)
             try:
                 payload = orjson.loads(raw)
@@ -426,19 +430,20 @@ class ProxyEndpoint:
                 raise InvalidRequest("`stream` must be a boolean", param="stream")
             if self.endpoint == "embeddings":
                 stream = False
-            try:
-                p.limiter.admit(key)
-            except RateLimited:
-                p.metrics.model(model).rate_limited.inc()
-                raise
-            decision = router.decide(hdrs, payload, key, p.poller.active(model))
+            if key.limited:
+                try:
+                    p.limiter.admit(key)
+                except RateLimited:
+                    p.metrics.model(model).rate_limited.inc()
+                    raise
+            decision = router.decide(hdrs, payload, key, p.poller.snapshot.get(model))
             route = decision.route
             up_headers = {"x-request-id": rid}
             if p.tracing is not None:
                 span = p.tracing.start(self.endpoint, model, "openai", hdrs)
                 p.tracing.inject(span, up_headers)
-            in_flight = p.metrics.model(model).in_flight
-            in_flight.inc()
+            in_flight = p.in_flight[model]
+            in_flight.value += 1
             if stream:
                 await self._stream(t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span)
             else:
@@ -454,7 +459,7 @@ class ProxyEndpoint:
             p._fail(model_label, route, 500, span)
         finally:
             if in_flight is not None:
-                in_flight.dec()
+                in_flight.value -= 1
 
     async def _send_error(self, send: Any, exc: BaseException, rid: str, route: str) -> None:
         status, headers, body = error_response_parts(exc)
@@ -491,8 +496,7 @@ class ProxyEndpoint:
             ],
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
-                  outcome=outcome, upstream_s=spent.seconds, answer=answer, doc=doc, ttft_s=None, span=span)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, outcome, spent.seconds, answer, doc, None, span, None)
 
     async def _stream(self, t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
         p = self.proxy
@@ -522,6 +526,5 @@ class ProxyEndpoint:
             return
         # Usage sits in the last chunks; parse after the client has it all (the text only if the evaluator asks).
         answer = parse_sse_usage(stats.chunks)
-        p._finish(t0=t0, model=model, endpoint=self.endpoint, key=key, rid=rid, hdrs=hdrs, payload=payload,
-                  outcome=outcome, upstream_s=spent.seconds + stats.upstream_wait_s, answer=answer, doc=None,
-                  ttft_s=stats.ttft_s, span=span, chunks=stats.chunks)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, outcome, spent.seconds + stats.upstream_wait_s,
+                  answer, None, stats.ttft_s, span, stats.chunks)

@@ -76,14 +76,6 @@ class StickyPolicy:
         return None if value is None else unit_hash(salt + value)
 
 
-class WeightedSplit:
-    def __init__(self, student_percent: float) -> None:
-        self.student_fraction = student_percent / 100.0
-
-    def pick(self, u: float) -> str:
-        return "student" if u < self.student_fraction else "teacher"
-
-
 class CanarySplit:
     """Student traffic to the live version's adapter, canary_percent of it to the canary's."""
 
@@ -103,10 +95,14 @@ class ModelRouter:
         r = settings.routing
         self.override = OverridePolicy(r.allow_override)
         self.sticky = StickyPolicy(r.sticky.header, r.sticky.body_field) if (r.sticky.header or r.sticky.body_field) else None
-        self.split = WeightedSplit(r.student_percent)
+        self.student_fraction = r.student_percent / 100.0  # weighted split: u < this goes to the student
         self.canary = CanarySplit()
         self._rng = rng
         self._decisions: dict[tuple[str, str, str], RouteDecision] = {}
+        # The decisions nearly every request gets, by reason, without building a key.
+        reasons = ("override", "sticky", "weighted")
+        self._teacher = {r: self._decision("teacher", BASE_VERSION, r) for r in reasons}
+        self._base_student = {r: self._decision("student", BASE_VERSION, r) for r in reasons}
         # The request headers decide() may read (the proxy decodes only the headers someone reads).
         self.header_names = frozenset({ROUTE_HEADER} | ({self.sticky.header} if self.sticky and self.sticky.header else set()))
 
@@ -133,19 +129,19 @@ class ModelRouter:
     def decide(
         self, headers: Mapping[str, str], body: Mapping[str, Any], key: KeyInfo, active: ActiveVersionsLike | None
     ) -> RouteDecision:
-        route = self.override.pick(headers, key)
-        reason = "override"
         sticky_u = None
-        if route is None:
+        if ROUTE_HEADER in headers:
+            route, reason = self.override.pick(headers, key), "override"
+        else:
             if self.sticky is not None:
                 sticky_u = self.sticky.unit(headers, body)
             if sticky_u is not None:
-                route, reason = self.split.pick(sticky_u), "sticky"
+                route, reason = ("student" if sticky_u < self.student_fraction else "teacher"), "sticky"
             else:
-                route, reason = self.split.pick(self._rng()), "weighted"
+                route, reason = ("student" if self._rng() < self.student_fraction else "teacher"), "weighted"
         if route == "teacher":
-            return self._decision("teacher", BASE_VERSION, reason)
+            return self._teacher[reason]
         if active is None:  # no registry versions: the base student, nothing to draw
-            return self._decision("student", BASE_VERSION, reason)
+            return self._base_student[reason]
         u = self.sticky.unit(headers, body, "canary:") if sticky_u is not None else self._rng()
         return self._decision("student", self.canary.pick(active, u if u is not None else self._rng()), reason)

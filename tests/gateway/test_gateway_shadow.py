@@ -33,7 +33,7 @@ class RecordingEvaluator:
     async def stop(self) -> None:
         self.stopped = True
 
-    def served(self, record: ServedExchange, *, escalated: bool = False, key_name: str | None = None,
+    def served(self, record: ServedExchange, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> bool:
         self.offered.append((record, {"escalated": escalated, "key_name": key_name, "confidence": confidence}))
         task = asyncio.get_running_loop().create_task(self._shadow(record.record()))
