@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.auth import hash_key
 from gateway.config import ConfigError, DistillgateConfig, load_config
@@ -20,24 +21,29 @@ DEFAULT_CONFIG = "examples/gateway.yaml"
 
 
 def _serve(args: argparse.Namespace, config: DistillgateConfig) -> int:
-    import uvicorn
-
     from gateway.app import create_app
 
-    app = create_app(config, tune_gc=True)
+    run_server(create_app(config, tune_gc=True), config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def run_server(app: Any, config: DistillgateConfig, *, host: str | None = None, port: int | None = None,
+               log_level: str = "info") -> None:
+    """Serve `app` (the gateway, or anything wrapping it: bench/proxy_instructions.py) as `serve` does."""
+    import uvicorn
+
     uvicorn.run(
         app,
-        host=args.host or config.server.host,
-        port=args.port or config.server.port,
+        host=host or config.server.host,
+        port=port or config.server.port,
         workers=1,
         loop="uvloop",
         http="httptools",
         access_log=False,  # the gateway's own sampled access log (server.access_log) replaces uvicorn's
         proxy_headers=config.server.proxy_headers,
-        log_level=args.log_level,
+        log_level=log_level,
         timeout_graceful_shutdown=config.evaluator.drain_timeout_s + 5,
     )
-    return 0
 
 
 def _check_config(args: argparse.Namespace, config: DistillgateConfig) -> int:

@@ -1,0 +1,242 @@
+"""Instructions per request of the whole proxy process, gateway against the bare floor, counted by valgrind:
+the issue's "CPU per request ÷ the floor's" without the noise of CPU time on a shared 2-vCPU VM.
+
+Each target is the real server (uvicorn, uvloop, httptools, the aiohttp upstream client) under
+`valgrind --tool=callgrind`, fed over 127.0.0.1 by a client in another process (not counted) against
+bench/fake_upstream.py (not counted). Valgrind only starts counting after WARM requests and stops after
+N more: the server is wrapped in a tiny ASGI layer that calls callgrind's client requests (zero stats,
+start, dump) from a helper compiled here with gcc and valgrind's callgrind.h. So start-up and imports
+are left out and what is counted is exactly N requests: the floor (bench/floor_proxy.py) and the
+gateway as `distillgate serve` runs it (gateway.cli.run_server; auth, routing, metrics, evaluator).
+
+User-space instructions only: kernel time (syscalls, about the same for both: strace counts one write,
+two reads and three epoll waits a request for each) and how fast the CPU runs them (cache misses)
+are not in it. Background work is rate-based (drift windows keep at most max_observed_per_s, the store
+at most served_max_per_s rows a second) and valgrind serves ~100 requests a second, so those caps are
+scaled down to keep the share of requests bench/gateway_overhead.py's gateway sees at --reference-rps.
+
+    python bench/proxy_instructions.py [--requests 1000] [--connections 1]   # needs valgrind and gcc
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.load import chat_body  # noqa: E402
+from bench.targets import BENCH_KEY, _merge, gateway_config, start_upstream, stop_all  # noqa: E402
+from gateway.demo.processes import ManagedProcess, free_port, wait_http  # noqa: E402
+
+TARGETS = ("floor", "gateway")
+MODES = ("json", "stream")
+
+_TOGGLE_C = """
+#include <valgrind/callgrind.h>
+void window_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void window_stop(void) { CALLGRIND_DUMP_STATS_AT("window"); CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+class CountingWindow:
+    """ASGI wrapper: instruments requests warm+1 .. warm+n of the chat path, nothing else."""
+
+    def __init__(self, app, helper: ctypes.CDLL, warm: int, n: int) -> None:  # noqa: ANN001 - any ASGI app
+        self.app, self.helper, self.warm, self.n = app, helper, warm, n
+        self.seen = 0
+        self.started = 0.0
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - raw ASGI
+        if scope["type"] == "http" and scope["path"] == "/v1/chat/completions":
+            self.seen += 1
+            if self.seen == self.warm + 1:
+                self.helper.window_start()
+                self.started = time.monotonic()
+            elif self.seen == self.warm + self.n + 1:
+                self.helper.window_stop()
+                rate = self.n / (time.monotonic() - self.started)
+                print(f"WINDOW {rate:.1f} req/s", flush=True)
+        await self.app(scope, receive, send)
+
+
+def _serve(target: str, port: int, upstream: str, store: str, helper: str, warm: int, n: int, caps: dict) -> None:
+    """The worker, under valgrind: one server, counted in a window."""
+    lib = ctypes.CDLL(helper)
+    if target == "floor":
+        import uvicorn
+
+        os.environ["FLOOR_UPSTREAM"] = upstream
+        from bench.floor_proxy import app
+
+        # The flags bench/targets.py's start_floor gives the uvicorn command line.
+        uvicorn.run(CountingWindow(app, lib, warm, n), host="127.0.0.1", port=port, workers=1, loop="uvloop",
+                    http="httptools", access_log=False, proxy_headers=False, log_level="warning")
+        return
+    from gateway.app import create_app
+    from gateway.cli import run_server
+    from gateway.config import DistillgateConfig
+
+    os.environ["DISTILLGATE_BENCH_KEY"] = BENCH_KEY
+    raw = _merge(gateway_config(port, upstream, upstream, Path(store), shadow_rate=0.0), {
+        "server": {"registry_poll_s": 3600.0},
+        "evaluator": {"drift": {"max_observed_per_s": caps["drift"]},
+                      "store": {"served_max_per_s": caps["store"], "flush_interval_s": caps["flush_s"]}},
+    })
+    config = DistillgateConfig.model_validate(raw)
+    app = create_app(config, evaluator=None if target == "gateway" else False, tune_gc=True)
+    run_server(CountingWindow(app, lib, warm, n), config, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _drive(port: int, total: int, stream: bool, connections: int) -> None:
+    """`total` requests from `connections` keep-alive connections; every answer must be a 200."""
+    import http.client
+
+    body = chat_body(stream=stream).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+    left = [total]
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                if left[0] <= 0 or failures:
+                    return
+                left[0] -= 1
+            conn.request("POST", "/v1/chat/completions", body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                failures.append(f"{resp.status}: {data[:200]!r}")
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise RuntimeError(f"a request failed: {failures[0]}")
+
+
+def _helper(work: Path) -> Path:
+    source, lib = work / "window.c", work / "libwindow.so"
+    source.write_text(_TOGGLE_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
+def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, warm: int, n: int,
+            connections: int, caps: dict, valgrind: str) -> tuple[float, float]:
+    """(instructions per request, valgrind's request rate) for one target and mode."""
+    port = free_port()
+    out = work / f"{target}-{mode}"
+    out.mkdir()
+    argv = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p",
+            sys.executable, __file__, "--serve", target, str(port), upstream, str(out / "store"), str(helper),
+            str(warm), str(n), json.dumps(caps)]
+    (out / "store").mkdir()
+    server = ManagedProcess(f"{target}-{mode}", argv, out / "server.log", cwd=REPO, port=port, grace_s=30).start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz" if target != "floor" else f"http://127.0.0.1:{port}/v1/models",
+                  600, process=server, interval_s=1.0)
+        # warm + n requests, then one per connection more so that request warm+n+1 (the window's end) arrives.
+        _drive(port, warm + n + connections, mode == "stream", connections)
+        deadline = time.monotonic() + 60
+        while not list(out.glob("cg.*.1")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    dumps = list(out.glob("cg.*.1"))
+    if not dumps:
+        raise RuntimeError(f"no window dump for {target} {mode}; see {out / 'server.log'}")
+    found = re.search(r"^(?:summary|totals): (\d+)", dumps[0].read_text(), re.MULTILINE)
+    rate = re.search(r"WINDOW ([\d.]+) req/s", (out / "server.log").read_text())
+    if found is None:
+        raise RuntimeError(f"no totals in {dumps[0]}")
+    return int(found.group(1)) / n, float(rate.group(1)) if rate else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=1000, help="N: requests counted per target and mode")
+    p.add_argument("--warm", type=int, default=300, help="requests served before counting starts")
+    p.add_argument("--connections", type=int, default=1)
+    p.add_argument("--targets", default=",".join(TARGETS), help="floor, gateway, gateway-no-evaluator")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--valgrind-rps", type=float, default=100.0, help="about how fast valgrind serves (for the caps)")
+    p.add_argument("--reference-rps", type=float, default=8000.0,
+                   help="the real gateway's rate whose evaluator share to keep (bench/gateway_overhead.py, C=16)")
+    p.add_argument("--name", default="proxy_instructions", help="results file stem under bench/results/")
+    p.add_argument("--serve", nargs=8, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        target, port, upstream, store, helper, warm, n, caps = args.serve
+        _serve(target, int(port), upstream, store, helper, int(warm), int(n), json.loads(caps))
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    valgrind, gcc = shutil.which("valgrind"), shutil.which("gcc")
+    if valgrind is None or gcc is None or not Path("/usr/include/valgrind/callgrind.h").exists():
+        print("needs valgrind (with its callgrind.h) and gcc: apt-get install valgrind gcc", file=sys.stderr)
+        return 2
+    scale = args.valgrind_rps / args.reference_rps
+    # The evaluator's defaults (evaluator.settings), scaled to valgrind's rate.
+    caps = {"drift": 100.0 * scale, "store": 50.0 * scale, "flush_s": 0.2 / scale}
+    console = Console()
+    targets = [t for t in args.targets.split(",") if t]
+    modes = [m for m in args.modes.split(",") if m]
+    rows: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="bench-instr-"))
+    running = []
+    try:
+        helper = _helper(work)
+        upstream = start_upstream(work, 1)
+        running.append(upstream)
+        for mode in modes:
+            for target in targets:
+                console.print(f"[dim]{target} {mode} (valgrind: about a minute)…[/dim]")
+                per_request, rate = measure(target, mode, upstream=upstream.base_url, work=work, helper=helper,
+                                            warm=args.warm, n=args.requests, connections=args.connections,
+                                            caps=caps, valgrind=valgrind)
+                rows.append({"target": target, "mode": mode, "instructions": per_request, "valgrind_rps": rate})
+    finally:
+        stop_all(running)
+    floor = {r["mode"]: r["instructions"] for r in rows if r["target"] == "floor"}
+    table = Table(title=f"instructions per request, whole server process (valgrind; {args.requests} requests, "
+                        f"C={args.connections})")
+    for column in ("target", "mode", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"):
+        table.add_column(column, justify="left" if column in ("target", "mode") else "right")
+    lines = ["| target | mode | instructions/request | ÷ floor | added over floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        base = floor.get(r["mode"])
+        ratio = f"{r['instructions'] / base:.3f}" if base else "–"
+        added = f"{r['instructions'] - base:,.0f}" if base else "–"
+        table.add_row(r["target"], r["mode"], f"{r['instructions']:,.0f}", ratio, added, f"{r['valgrind_rps']:.0f}")
+        lines.append(f"| {r['target']} | {r['mode']} | {r['instructions']:,.0f} | {ratio} | {added} |")
+    console.print(table)
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{args.name}.md").write_text(
+        f"### instructions per request, whole server process\n\n`python bench/proxy_instructions.py --requests "
+        f"{args.requests} --connections {args.connections}`\n\n" + "\n".join(lines) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "caps": caps, "rows": rows}, indent=2))
+    console.print(f"wrote bench/results/{args.name}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
