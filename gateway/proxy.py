@@ -28,8 +28,8 @@ from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
 from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
-from gateway.delayed_calls import DelayedCalls
 from gateway.config import DistillgateConfig
+from gateway.delayed_calls import DelayedCalls
 from gateway.errors import (
     GatewayError,
     InvalidRequest,

@@ -7,9 +7,10 @@ OpenAI JSON / SSE bytes. Both raise the typed errors of gateway.errors, never ai
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import version as _version
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import Any, Protocol
 
 import aiohttp
@@ -20,7 +21,15 @@ from gateway.config import UpstreamSettings
 from gateway.delayed_calls import Deadline, DelayedCalls
 from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 
-USER_AGENT = "distillgate/" + _version("distillgate")
+
+def _user_agent() -> str:
+    try:
+        return "distillgate/" + _version("distillgate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "distillgate"
+
+
+USER_AGENT = _user_agent()
 ENDPOINT_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
