@@ -104,8 +104,8 @@ class OpenAIUpstream:
         self.settings = settings
         self.base_url = (settings.base_url or "").rstrip("/")
         t = settings.timeouts
-        # First byte: our own deadline (DelayedCalls), not aiohttp's sock_read, which arms and cancels a
-        # loop timer on every read of every response; the session's timeouts are connect and total.
+        # First byte: our own deadline (see _send), not aiohttp's sock_read, which arms and cancels a loop
+        # timer on every read of every response; the session's timeouts are connect and total.
         self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s)
         self._first_byte = DelayedCalls(t.first_byte_s)
         self._probe_timeout = aiohttp.ClientTimeout(total=min(2.0, t.total_s), sock_connect=t.connect_s)
@@ -128,40 +128,39 @@ class OpenAIUpstream:
             await self.session.close()
             self.session = None
 
-    async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
+    async def _send(self, endpoint: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """The response once its headers are in, within first_byte_s: our own deadline, not aiohttp's sock_read
+        (DelayedCalls: one loop timer for all requests). A cancellation by anything else stays a cancellation."""
         deadline = Deadline()
         self._first_byte.add(id(deadline), deadline)
         try:
-            async with self.session.post(self._urls[endpoint], data=body, headers=headers) as resp:
-                self._first_byte.discard(id(deadline))
-                data = await resp.read()
-                ctype = resp.headers.get("content-type", "application/json").encode()
-                status = resp.status
+            return await self.session.post(self._urls[endpoint], data=body, headers=headers)
         except asyncio.CancelledError:
             if not deadline.fired:
                 raise
-            raise self._timed_out(deadline) from None
+            if deadline.task is not None:
+                deadline.task.uncancel()  # nobody else asked: the caller goes on, e.g. to the fallback side
+            raise UpstreamTimeout(f"upstream {self.name!r} sent nothing within {self._first_byte.after_s:g} s") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _translate(exc, self.name) from None
         finally:
             self._first_byte.discard(id(deadline))
+
+    async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
+        resp = await self._send(endpoint, body, headers)
+        try:
+            async with resp:
+                data = await resp.read()
+                ctype = resp.headers.get("content-type", "application/json").encode()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, self.name) from None
         if status != 200:
             raise UpstreamStatus(status, data, ctype)
         return UpstreamReply(data, ctype)
 
     async def open_stream(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamStream:
-        deadline = Deadline()
-        self._first_byte.add(id(deadline), deadline)
-        try:
-            resp = await self.session.post(self._urls[endpoint], data=body, headers=headers)
-        except asyncio.CancelledError:
-            if not deadline.fired:
-                raise
-            raise self._timed_out(deadline) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _translate(exc, self.name) from None
-        finally:
-            self._first_byte.discard(id(deadline))
+        resp = await self._send(endpoint, body, headers)
         if resp.status != 200:
             try:
                 data = await resp.read()
@@ -171,13 +170,6 @@ class OpenAIUpstream:
                 resp.release()
             raise UpstreamStatus(resp.status, data, resp.headers.get("content-type", "application/json").encode())
         return _AiohttpStream(resp, self.name)
-
-    def _timed_out(self, deadline: Deadline) -> UpstreamTimeout:
-        """The error for a request its first-byte deadline cancelled; the task is un-cancelled (nobody else
-        asked for it) so the caller can go on, e.g. to the fallback side."""
-        if deadline.task is not None:
-            deadline.task.uncancel()
-        return UpstreamTimeout(f"upstream {self.name!r} sent nothing within {self._first_byte.after_s:g} s")
 
     async def probe(self) -> bool:
         try:
