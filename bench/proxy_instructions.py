@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.load import chat_body  # noqa: E402
+from bench.report import Report, fmt, safe_div  # noqa: E402
 from bench.targets import BENCH_KEY, _merge, gateway_config, start_upstream, stop_all  # noqa: E402
 from gateway.demo.processes import ManagedProcess, free_port, wait_http  # noqa: E402
 
@@ -187,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from rich.console import Console
-    from rich.table import Table
 
     valgrind, gcc = shutil.which("valgrind"), shutil.which("gcc")
     if valgrind is None or gcc is None or not Path("/usr/include/valgrind/callgrind.h").exists():
@@ -216,25 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all(running)
     floor = {r["mode"]: r["instructions"] for r in rows if r["target"] == "floor"}
-    table = Table(title=f"instructions per request, whole server process (valgrind; {args.requests} requests, "
-                        f"C={args.connections})")
-    for column in ("target", "mode", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"):
-        table.add_column(column, justify="left" if column in ("target", "mode") else "right")
-    lines = ["| target | mode | instructions/request | ÷ floor | added over floor |", "|---|---|---|---|---|"]
+    report = Report(f"instructions per request, whole server process (valgrind; {args.requests} requests, "
+                    f"C={args.connections})",
+                    ["target", "scenario", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"],
+                    raw={"args": vars(args), "caps": caps, "rows": rows})
     for r in rows:
         base = floor.get(r["mode"])
-        ratio = f"{r['instructions'] / base:.3f}" if base else "–"
-        added = f"{r['instructions'] - base:,.0f}" if base else "–"
-        table.add_row(r["target"], r["mode"], f"{r['instructions']:,.0f}", ratio, added, f"{r['valgrind_rps']:.0f}")
-        lines.append(f"| {r['target']} | {r['mode']} | {r['instructions']:,.0f} | {ratio} | {added} |")
-    console.print(table)
-    results = REPO / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"{args.name}.md").write_text(
-        f"### instructions per request, whole server process\n\n`python bench/proxy_instructions.py --requests "
-        f"{args.requests} --connections {args.connections}`\n\n" + "\n".join(lines) + "\n")
-    (results / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "caps": caps, "rows": rows}, indent=2))
-    console.print(f"wrote bench/results/{args.name}.md and .json")
+        report.rows.append([r["target"], r["mode"], fmt(r["instructions"], 0),
+                            fmt(safe_div(r["instructions"], base), 3),
+                            fmt(r["instructions"] - base if base else None, 0), fmt(r["valgrind_rps"], 0)])
+    report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}; "
+                        f"evaluator caps scaled to {args.valgrind_rps:g} req/s under valgrind: {caps} (a slower run "
+                        "keeps a larger share of requests in the drift window and the store, and counts more)")
+    report.print(console)
+    json_path, md_path = report.write(args.name)
+    console.print(f"wrote {json_path} and {md_path}")
     return 0
 
 
