@@ -121,7 +121,10 @@ class OpenAIUpstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=30.0, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._base_headers)
+        # No cookie jar: this one session carries every user's requests, so a cookie an upstream sets (a CDN's
+        # bot cookie in front of a paid API) would otherwise be replayed on everybody's later requests.
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._base_headers,
+                                             cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self.session is not None:

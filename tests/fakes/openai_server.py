@@ -21,6 +21,7 @@ Behaviour (attributes, change them while it runs):
   linger_after_done_s  keep the stream open this long after `data: [DONE]` before ending it
   created            fixed `created` timestamp (None: now), so two answers can be compared byte for byte
   null_usage         as OpenAI does under include_usage: every chunk but the usage one gets "usage": null
+  set_cookie         a Set-Cookie value added to every response (as a CDN in front of a paid API sends)
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
 `stream_disconnects` is incremented and the `stream_closed` event is set.
@@ -77,6 +78,7 @@ class FakeOpenAI:
         self.created: int | None = None
         self.linger_after_done_s = 0.0
         self.null_usage = False
+        self.set_cookie: str | None = None
         self.fail_next = 0
         self.fail_mode = "fail"
         self.requests: list[dict[str, Any]] = []
@@ -128,6 +130,7 @@ class FakeOpenAI:
 
     async def _serve(self) -> None:
         app = web.Application()
+        app.on_response_prepare.append(self._add_cookie)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -138,6 +141,10 @@ class FakeOpenAI:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
+
+    async def _add_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.set_cookie is not None:
+            response.headers["set-cookie"] = self.set_cookie
 
     # ---- behaviour ----------------------------------------------------------------------------
 

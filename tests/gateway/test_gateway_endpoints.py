@@ -109,3 +109,19 @@ def test_readyz_reports_an_unreachable_upstream(make_config, student):
         student.mode = "fail"
         r = httpx.get(g.url + "/readyz")
         assert r.status_code == 503 and r.json()["upstreams"]["vllm"] is False
+
+
+def test_upstream_cookies_are_not_replayed_to_later_requests(make_config, student):
+    """One upstream session serves every user: a cookie the upstream sets (a CDN's bot cookie in front of a
+    paid API) must not ride along on anyone's next request, nor reach the client. By host name: aiohttp's
+    default jar ignores cookies from IP addresses, not from names."""
+    student.set_cookie = "__cf_bm=abc123; Path=/; HttpOnly"
+    by_name = student.url.replace("127.0.0.1", "localhost")
+    with GatewayThread(make_config({"upstreams": {"vllm": {"base_url": by_name}}}), evaluator=False) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=USER_KEY)
+        replies = [client.chat.completions.with_raw_response.create(
+            model="support", messages=[{"role": "user", "content": text}]) for text in ("a", "b")]
+    assert all("set-cookie" not in r.headers for r in replies)
+    assert len(student.headers) == 2
+    assert [h.get("cookie") for h in student.headers] == [None, None]
+
