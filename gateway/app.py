@@ -80,8 +80,9 @@ def _error_response(exc: BaseException) -> Response:
 
 
 def _build_evaluator(evaluator: Any, config: DistillgateConfig, call_other: ShadowCaller, registry: CollectorRegistry) -> Any:
-    """`evaluator`: an instance (used as is), a factory `f(call_other)`, False (none), or None (build one if importable)."""
-    if evaluator is False:
+    """`evaluator`: an instance (used as is), a factory `f(call_other)`, False (none), or None (build one if importable
+    and the config's evaluator is enabled)."""
+    if evaluator is False or (evaluator is None and not config.evaluator.enabled):
         return None
     if evaluator is not None:
         return evaluator if hasattr(evaluator, "served") else evaluator(call_other)

@@ -125,3 +125,16 @@ def test_upstream_cookies_are_not_replayed_to_later_requests(make_config, studen
     assert len(student.headers) == 2
     assert [h.get("cookie") for h in student.headers] == [None, None]
 
+
+def test_evaluator_can_be_switched_off_in_config(make_config, tmp_path):
+    """evaluator.enabled: false serves as a plain router: answers and gateway metrics, no evaluator at all."""
+    config = make_config({"evaluator": {"enabled": False, "store": {"url": f"sqlite:///{tmp_path}/pairs.db"}}})
+    with GatewayThread(config) as gw:
+        assert gw.app.state.evaluator is None
+        reply = openai.OpenAI(base_url=gw.url + "/v1", api_key=USER_KEY).chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == "student says hi"
+        text = httpx.get(gw.url + "/metrics").text
+    assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 1
+    assert "distillgate_shadow_offered_total" not in text
+    assert not (tmp_path / "pairs.db").exists()
