@@ -1,0 +1,148 @@
+"""Gateway CPU per request ÷ the bare floor's, with both servers loaded at the same moment on the same core.
+
+bench/gateway_overhead.py runs its targets one after another; on this shared 2-vCPU VM the machine's speed
+moves between those runs (up to 2.5x from one day to the next, +/-0.15 on a ratio within a day). Here the
+floor and the gateway (and, with --with-plain, the gateway with `evaluator.enabled: false`) each get their
+own wrk at the same time, all servers pinned to the proxy core, so whatever speed the machine has in that
+second, it has for all of them: the ratio of their CPU per request repeats to about +/-0.02.
+
+What that costs: the servers take turns on one core and share its caches, a harder condition than running
+alone, and it weighs more on the process with the larger working set (the gateway). Read the ratio as a
+repeatable, pessimistic figure next to gateway_overhead.py's, not instead of it.
+
+    python bench/paired_cpu.py                       # json + stream at C=1/16/64, 5 rounds x 5 s
+    python bench/paired_cpu.py --with-plain --connections 16 --modes json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+
+from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E402
+from bench.proctree import wait_quiet  # noqa: E402
+from bench.report import Report, fmt  # noqa: E402
+from bench.targets import BENCH_KEY, Target, exit_cleanly_on_sigterm, start_floor, start_gateway, start_upstream, stop_all  # noqa: E402
+
+PLAIN = {"evaluator": {"enabled": False}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per simultaneous wrk run")
+    p.add_argument("--connections", default="1,16,64", help="wrk connections per server")
+    p.add_argument("--modes", default="json,stream")
+    p.add_argument("--with-plain", action="store_true", help="also the gateway with evaluator.enabled: false")
+    p.add_argument("--proxy-cpu", type=int, default=0)
+    p.add_argument("--load-cpu", type=int, default=1)
+    p.add_argument("--name", default="paired_cpu", help="results file stem under bench/results/")
+    return p.parse_args(argv)
+
+
+def simultaneous(targets: dict[str, Target], body: str, connections: int, args: argparse.Namespace) -> dict[str, RunResult]:
+    """One wrk per server, started together; each result charges its own server's process tree."""
+    results: dict[str, RunResult] = {}
+    errors: list[BaseException] = []
+
+    def load(name: str) -> None:
+        try:
+            results[name] = run_wrk(targets[name].url, body, connections=connections, duration_s=args.duration,
+                                    server_pid=targets[name].pid, load_cpu=args.load_cpu, key=BENCH_KEY)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk_available()
+    os.sched_setaffinity(0, {args.load_cpu})
+    exit_cleanly_on_sigterm()
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    work = Path(tempfile.mkdtemp(prefix="bench-paired-"))
+    cells = [(mode, int(c)) for mode in args.modes.split(",") if mode for c in args.connections.split(",") if c]
+    running: list[Target] = []
+    runs: dict[tuple[str, int], list[dict[str, RunResult]]] = {cell: [] for cell in cells}
+    load1 = os.getloadavg()[0]
+    try:
+        upstream = start_upstream(work, args.load_cpu)
+        teacher = start_upstream(work, args.load_cpu, name="teacher")
+        running += [upstream, teacher]
+        targets: dict[str, Target] = {}
+        with console.status("starting servers …"):
+            targets["floor"] = start_floor(work, args.proxy_cpu, upstream.base_url)
+            running.append(targets["floor"])
+            targets["gateway"] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url, shadow_rate=0.0)
+            running.append(targets["gateway"])
+            if args.with_plain:
+                targets["gateway-plain"] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url,
+                                                         shadow_rate=0.0, name="gateway-plain", overrides=PLAIN)
+                running.append(targets["gateway-plain"])
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("benchmark", total=1 + len(cells) * args.rounds)
+            for stream in (False, True):  # warm pools and lazy imports before anything counts
+                simultaneous(targets, chat_body(stream=stream), 16, argparse.Namespace(**{**vars(args), "duration": 1}))
+            for t in targets.values():
+                wait_quiet(t.pid)
+            progress.advance(task)
+            for rnd in range(args.rounds):
+                for mode, conns in cells:
+                    progress.update(task, description=f"round {rnd + 1}/{args.rounds} {mode} C={conns}")
+                    runs[(mode, conns)].append(simultaneous(targets, chat_body(stream=mode == "stream"), conns, args))
+                    progress.advance(task)
+    finally:
+        stop_all(running)
+
+    names = [n for n in ("floor", "gateway", "gateway-plain") if n in targets]
+    columns = ["scenario", *(f"{n} CPU ms/req" for n in names), "gateway ÷ floor (median, min–max)"]
+    if args.with_plain:
+        columns += ["plain ÷ floor", "gateway ÷ plain"]
+    report = Report(f"CPU per request, servers loaded simultaneously on one core ({args.rounds} x {args.duration:g} s)",
+                    columns, raw={"args": vars(args), "load1": load1, "runs": {
+                        f"{m} C={c}": [{n: r.to_dict() for n, r in rnd.items()} for rnd in rs] for (m, c), rs in runs.items()}})
+    for (mode, conns), rounds in runs.items():
+        def ratios(a: str, b: str) -> list[float]:
+            return [r[a].cpu_ms_per_req / r[b].cpu_ms_per_req for r in rounds
+                    if r[a].cpu_ms_per_req and r[b].cpu_ms_per_req]
+
+        gw = ratios("gateway", "floor")
+        row = [f"{mode} C={conns}", *(fmt(statistics.median(r[n].cpu_ms_per_req for r in rounds), 3) for n in names),
+               f"{fmt(statistics.median(gw), 3)} ({fmt(min(gw), 3)}–{fmt(max(gw), 3)})"]
+        if args.with_plain:
+            row += [fmt(statistics.median(ratios("gateway-plain", "floor")), 3),
+                    fmt(statistics.median(ratios("gateway", "gateway-plain")), 3)]
+        report.rows.append(row)
+    report.notes.append(f"python bench/paired_cpu.py --rounds {args.rounds} --duration {args.duration:g} "
+                        f"--connections {args.connections} --modes {args.modes}{' --with-plain' if args.with_plain else ''}; "
+                        f"load average at start {load1:.2f}")
+    report.notes.append("every server pinned to core 0 and loaded at the same moment by its own wrk (core 1): a "
+                        "ratio within one round sees one machine speed; sharing the core and its caches weighs "
+                        "more on the larger process, so these ratios are pessimistic for the gateway")
+    report.notes.append("gateway: auth, routing, metrics, evaluator (shadow offer at rate 0, drift, store); "
+                        "gateway-plain: the same with evaluator.enabled: false")
+    report.print(console)
+    json_path, md_path = report.write(args.name)
+    console.print(f"wrote {json_path} and {md_path} (server logs in {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
