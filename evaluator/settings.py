@@ -131,7 +131,8 @@ class StoreSettings(_Strict):
 
 class EvaluatorSettings(_Strict):
     enabled: bool = Field(True, description="false: the gateway serves as a plain router, without shadow calls, "
-                                            "the pair store, drift or agreement metrics")
+                                            "the pair store, drift or agreement metrics, and so without "
+                                            "re-distillation, which trains on the teacher answers that store keeps")
     queue_size: int = Field(1000, ge=1)
     workers: int = Field(4, ge=1)
     drain_timeout_s: float = 10.0
