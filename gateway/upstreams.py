@@ -121,8 +121,9 @@ class OpenAIUpstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=30.0, ttl_dns_cache=300)
-        # No cookie jar: this one session carries every user's requests, so a cookie an upstream sets (a CDN's
-        # bot cookie in front of a paid API) would otherwise be replayed on everybody's later requests.
+        # No cookie jar: an upstream is an API, not a browser session, and this one session carries every
+        # request. A load balancer's affinity cookie (ingress-nginx, AWS ALB) in front of several vLLM replicas
+        # would otherwise pin all of the gateway's traffic to the replica that set it.
         self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._base_headers,
                                              cookie_jar=aiohttp.DummyCookieJar())
 

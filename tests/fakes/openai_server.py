@@ -21,7 +21,7 @@ Behaviour (attributes, change them while it runs):
   linger_after_done_s  keep the stream open this long after `data: [DONE]` before ending it
   created            fixed `created` timestamp (None: now), so two answers can be compared byte for byte
   null_usage         as OpenAI does under include_usage: every chunk but the usage one gets "usage": null
-  set_cookie         a Set-Cookie value added to every response (as a CDN in front of a paid API sends)
+  set_cookie         a Set-Cookie value added to every response (as a load balancer's affinity cookie)
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
 `stream_disconnects` is incremented and the `stream_closed` event is set.

@@ -112,10 +112,10 @@ def test_readyz_reports_an_unreachable_upstream(make_config, student):
 
 
 def test_upstream_cookies_are_not_replayed_to_later_requests(make_config, student):
-    """One upstream session serves every user: a cookie the upstream sets (a CDN's bot cookie in front of a
-    paid API) must not ride along on anyone's next request, nor reach the client. By host name: aiohttp's
-    default jar ignores cookies from IP addresses, not from names."""
-    student.set_cookie = "__cf_bm=abc123; Path=/; HttpOnly"
+    """One upstream session carries every request: a cookie the upstream sets (a load balancer's affinity
+    cookie in front of several vLLM replicas would pin all traffic to one) must not ride along on the next
+    request, nor reach the client. By host name: aiohttp's default jar ignores cookies from IP addresses."""
+    student.set_cookie = "INGRESSCOOKIE=replica-1; Path=/; HttpOnly"
     by_name = student.url.replace("127.0.0.1", "localhost")
     with GatewayThread(make_config({"upstreams": {"vllm": {"base_url": by_name}}}), evaluator=False) as gw:
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key=USER_KEY)
