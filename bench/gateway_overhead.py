@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +24,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from bench.gateway_metrics import scrape, shadow_note  # noqa: E402
-from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk, wrk_available  # noqa: E402
+from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk  # noqa: E402
 from bench.proctree import sample, wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, stop_all, start_floor, start_gateway, start_litellm,
+    BENCH_KEY, Target, TargetUnavailable, prepare_load_run, stop_all, start_floor, start_gateway, start_litellm,
     start_nginx, start_upstream,
 )
 
@@ -124,10 +123,7 @@ def growth(samples: list[float]) -> tuple[float | None, float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk_available()
-    os.sched_setaffinity(0, {args.load_cpu})
-    exit_cleanly_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    work = prepare_load_run(args.load_cpu, "bench-gw-")
     cells = scenarios(args)
     running: list[Target] = []
     results: dict[str, dict[str, list[RunResult]]] = {}
@@ -178,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all(running)
     report = build_report(args, cells, results, ttft, soak, counters, skipped, load1)
-    report.print(console)
-    json_path, md_path = report.write(args.name)
-    console.print(f"wrote {json_path} and {md_path} (server logs in {work})")
+    report.publish(console, args.name, logs=work)
     return 0
 
 

@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -28,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
-from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E402
+from bench.load import RunResult, chat_body, run_wrk  # noqa: E402
 from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Report, fmt  # noqa: E402
-from bench.targets import BENCH_KEY, Target, exit_cleanly_on_sigterm, start_floor, start_gateway, start_upstream, stop_all  # noqa: E402
+from bench.targets import BENCH_KEY, Target, prepare_load_run, start_floor, start_gateway, start_upstream, stop_all  # noqa: E402
 
 PLAIN = {"evaluator": {"enabled": False}}
 
@@ -49,15 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def simultaneous(targets: dict[str, Target], body: str, connections: int, args: argparse.Namespace) -> dict[str, RunResult]:
+def simultaneous(targets: dict[str, Target], body: str, connections: int, duration_s: float,
+                 load_cpu: int) -> dict[str, RunResult]:
     """One wrk per server, started together; each result charges its own server's process tree."""
     results: dict[str, RunResult] = {}
     errors: list[BaseException] = []
 
     def load(name: str) -> None:
         try:
-            results[name] = run_wrk(targets[name].url, body, connections=connections, duration_s=args.duration,
-                                    server_pid=targets[name].pid, load_cpu=args.load_cpu, key=BENCH_KEY)
+            results[name] = run_wrk(targets[name].url, body, connections=connections, duration_s=duration_s,
+                                    server_pid=targets[name].pid, load_cpu=load_cpu, key=BENCH_KEY)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 
@@ -73,11 +73,9 @@ def simultaneous(targets: dict[str, Target], body: str, connections: int, args: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk_available()
-    os.sched_setaffinity(0, {args.load_cpu})
-    exit_cleanly_on_sigterm()
+
     console = Console(width=None if sys.stdout.isatty() else 150)
-    work = Path(tempfile.mkdtemp(prefix="bench-paired-"))
+    work = prepare_load_run(args.load_cpu, "bench-paired-")
     cells = [(mode, int(c)) for mode in args.modes.split(",") if mode for c in args.connections.split(",") if c]
     running: list[Target] = []
     runs: dict[tuple[str, int], list[dict[str, RunResult]]] = {cell: [] for cell in cells}
@@ -99,19 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("benchmark", total=1 + len(cells) * args.rounds)
             for stream in (False, True):  # warm pools and lazy imports before anything counts
-                simultaneous(targets, chat_body(stream=stream), 16, argparse.Namespace(**{**vars(args), "duration": 1}))
+                simultaneous(targets, chat_body(stream=stream), 16, 1.0, args.load_cpu)
             for t in targets.values():
                 wait_quiet(t.pid)
             progress.advance(task)
             for rnd in range(args.rounds):
                 for mode, conns in cells:
                     progress.update(task, description=f"round {rnd + 1}/{args.rounds} {mode} C={conns}")
-                    runs[(mode, conns)].append(simultaneous(targets, chat_body(stream=mode == "stream"), conns, args))
+                    runs[(mode, conns)].append(simultaneous(targets, chat_body(stream=mode == "stream"), conns,
+                                                            args.duration, args.load_cpu))
                     progress.advance(task)
     finally:
         stop_all(running)
 
-    names = [n for n in ("floor", "gateway", "gateway-plain") if n in targets]
+    names = list(targets)  # floor, gateway[, gateway-plain]: started in that order
     columns = ["scenario", *(f"{n} CPU ms/req" for n in names), "gateway ÷ floor (median, min–max)"]
     if args.with_plain:
         columns += ["plain ÷ floor", "gateway ÷ plain"]
@@ -138,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         "more on the larger process, so these ratios are pessimistic for the gateway")
     report.notes.append("gateway: auth, routing, metrics, evaluator (shadow offer at rate 0, drift, store); "
                         "gateway-plain: the same with evaluator.enabled: false")
-    report.print(console)
-    json_path, md_path = report.write(args.name)
-    console.print(f"wrote {json_path} and {md_path} (server logs in {work})")
+    report.publish(console, args.name, logs=work)
     return 0
 
 

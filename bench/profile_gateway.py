@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +26,7 @@ from rich.table import Table  # noqa: E402
 from bench.load import chat_body, run_wrk  # noqa: E402
 from bench.report import RESULTS  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, exit_cleanly_on_sigterm, stop_all, start_gateway, start_upstream,
+    BENCH_KEY, Target, prepare_load_run, stop_all, start_gateway, start_upstream,
 )
 
 OWN_CODE = ("gateway/", "evaluator/", "redistill/")
@@ -83,12 +81,10 @@ def main() -> int:
     if not args.py_spy:
         raise SystemExit("py-spy not found: `pip install py-spy` (or pass --py-spy PATH)")
     console = Console(width=None if sys.stdout.isatty() else 150)
-    os.sched_setaffinity(0, {args.load_cpu})
-    exit_cleanly_on_sigterm()
+    work = prepare_load_run(args.load_cpu, "bench-prof-")
     overrides: dict = {}
     for text in args.override:
         overrides = {**overrides, **parse_override(text)}
-    work = Path(tempfile.mkdtemp(prefix="bench-prof-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw = RESULTS / f"profile-{args.mode}.txt"
     body = chat_body(stream=args.mode == "stream")

@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}; "
                         f"evaluator caps scaled to {args.valgrind_rps:g} req/s under valgrind: {caps} (a slower run "
                         "keeps a larger share of requests in the drift window and the store, and counts more)")
-    report.print(console)
-    json_path, md_path = report.write(args.name)
-    console.print(f"wrote {json_path} and {md_path}")
+    report.publish(console, args.name)
     return 0
 
 

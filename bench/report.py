@@ -86,6 +86,12 @@ class Report:
             lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
+    def publish(self, console: Console, stem: str, logs: Path | None = None) -> None:
+        """Prints the tables, writes results/<stem>.json and .md and says where (and where the servers logged)."""
+        self.print(console)
+        json_path, md_path = self.write(stem)
+        console.print(f"wrote {json_path} and {md_path}" + (f" (server logs in {logs})" if logs is not None else ""))
+
     def write(self, stem: str) -> tuple[Path, Path]:
         RESULTS.mkdir(parents=True, exist_ok=True)
         payload = {

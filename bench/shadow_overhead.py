@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from bench.gateway_metrics import scrape, shadow_note, wait_shadow_idle  # noqa: E402
-from bench.load import RunResult, chat_body, run_wrk, wrk_available  # noqa: E402
+from bench.load import RunResult, chat_body, run_wrk  # noqa: E402
 from bench.proctree import wait_quiet  # noqa: E402
 from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
-    BENCH_KEY, Target, TargetUnavailable, exit_cleanly_on_sigterm, stop_all, start_gateway, start_upstream,
+    BENCH_KEY, Target, TargetUnavailable, prepare_load_run, stop_all, start_gateway, start_upstream,
 )
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -56,10 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk_available()
-    os.sched_setaffinity(0, {args.load_cpu})
-    exit_cleanly_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
+    work = prepare_load_run(args.load_cpu, "bench-shadow-")
     running: list[Target] = []
     runs: dict[tuple[float, int], list[RunResult]] = {(r, c): [] for r in args.rates for c in args.connections}
     counters: dict[float, dict[str, float]] = {}
@@ -102,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all(running)
     report = build_report(args, runs, counters, undrained, load1)
-    report.print(console)
-    json_path, md_path = report.write(args.name)
-    console.print(f"wrote {json_path} and {md_path} (server logs in {work})")
+    report.publish(console, args.name, logs=work)
     return 0
 
 

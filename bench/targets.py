@@ -7,12 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from bench.load import wrk_available
 from gateway.demo.processes import ManagedProcess, free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +56,15 @@ def stop_all(running: list[Target]) -> None:
 def exit_cleanly_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so the callers' `finally` blocks stop every server they started."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def prepare_load_run(load_cpu: int, prefix: str) -> Path:
+    """What every wrk benchmark does first: check wrk, move this process (the load side) to `load_cpu`,
+    stop servers cleanly on SIGTERM, and make a work directory for the servers' configs and logs."""
+    wrk_available()
+    os.sched_setaffinity(0, {load_cpu})
+    exit_cleanly_on_sigterm()
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def _pinned(cpu: int, argv: list[str]) -> list[str]:
