@@ -50,10 +50,8 @@ class OverridePolicy:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def pick(self, headers: Mapping[str, str], key: KeyInfo) -> str | None:
-        wanted = headers.get(ROUTE_HEADER)
-        if wanted is None:
-            return None
+    def pick(self, wanted: str, key: KeyInfo) -> str:
+        """The route a request asks for with ROUTE_HEADER (its value `wanted`), if its key may choose."""
         if wanted not in ("student", "teacher"):
             raise InvalidRequest(f"{ROUTE_HEADER} must be 'student' or 'teacher'", param=ROUTE_HEADER)
         if not (self.enabled and key.can_override_route):
@@ -130,8 +128,9 @@ class ModelRouter:
         self, headers: Mapping[str, str], body: Mapping[str, Any], key: KeyInfo, active: ActiveVersionsLike | None
     ) -> RouteDecision:
         sticky_u = None
-        if ROUTE_HEADER in headers:
-            route, reason = self.override.pick(headers, key), "override"
+        wanted = headers.get(ROUTE_HEADER)
+        if wanted is not None:
+            route, reason = self.override.pick(wanted, key), "override"
         else:
             if self.sticky is not None:
                 sticky_u = self.sticky.unit(headers, body)
