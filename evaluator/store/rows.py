@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -14,7 +13,9 @@ EXCHANGE_FIELDS = tuple(ExchangeRecord.__dataclass_fields__)
 
 
 def exchange_to_row(record: ExchangeRecord) -> dict[str, Any]:
-    row = asdict(record)
+    """A shallow copy of the fields: `dataclasses.asdict` deep-copies the request body, most of the store
+    writer's CPU per row, and the caller (PairStore) rebuilds the body while redacting it anyway."""
+    row = {name: getattr(record, name) for name in EXCHANGE_FIELDS}
     row["token_logprobs"] = list(record.token_logprobs) if record.token_logprobs is not None else None
     row["top_logprobs"] = [dict(t) for t in record.top_logprobs] if record.top_logprobs is not None else None
     return row
