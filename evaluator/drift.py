@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,6 +115,16 @@ def _bonferroni(p_values: list[float]) -> float | None:
     return min(1.0, min(p_values) * len(p_values)) if p_values else None
 
 
+def rank_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """ROC AUC of scores, positives above negatives, from ranks (Mann-Whitney U; ties count half): what
+    sklearn's roc_auc_score returns, without its input checks."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([negatives, positives]))
+    n1, n2 = len(negatives), len(positives)
+    return float((ranks[n1:].sum() - n2 * (n2 + 1) / 2) / (n1 * n2))
+
+
 @dataclass(frozen=True, slots=True)
 class ClassifierResult:
     auc: float
@@ -122,14 +132,32 @@ class ClassifierResult:
     score_psi: float
 
 
+REFERENCES_KEPT = 8  # per detector: one reference per logical model is the usual case
+
+
 class DriftDetector:
-    """Compares two windows; stateless apart from its (reusable, stateless) hashing vectorizer."""
+    """Compares two windows. Between comparisons it keeps only its (stateless) hashing vectorizer and, for
+    the last few references, their prompts' features and hashed n-grams: a reference stays the same for
+    many comparisons while the current window is new each time, so those are computed once."""
 
     def __init__(self, settings: DriftSettings, label_of: LabelOf | None = None, seed: int = 0) -> None:
         self.settings = settings
         self.label_of = label_of
         self.seed = seed
         self._vectorizer: Any = None  # built by the first classifier test, where comparisons run
+        self._references: OrderedDict[tuple[str, ...], tuple[np.ndarray, Any]] = OrderedDict()
+
+    def _reference_inputs(self, prompts: list[str]) -> tuple[np.ndarray, Any]:
+        """(features, hashed n-grams) of a reference's prompts, computed once per distinct reference."""
+        key = tuple(prompts)
+        found = self._references.get(key)
+        if found is None:
+            found = self._references[key] = (input_matrix(prompts), self._vectorize(prompts))
+            while len(self._references) > REFERENCES_KEPT:
+                self._references.popitem(last=False)
+        else:
+            self._references.move_to_end(key)
+        return found
 
     def _vectorize(self, texts: list[str]) -> Any:
         if self._vectorizer is None:
@@ -139,22 +167,28 @@ class DriftDetector:
                                                  alternate_sign=False, norm="l2")
         return self._vectorizer.transform(texts)
 
-    def classifier_test(self, ref_texts: Sequence[str], cur_texts: Sequence[str], ref_num: np.ndarray,
+    def classifier_test(self, ref_hashed: Any, cur_hashed: Any, ref_num: np.ndarray,
                         cur_num: np.ndarray) -> ClassifierResult:
-        """Can a classifier tell the windows apart? AUC 0.5 = no; out-of-fold scores avoid overfit optimism."""
-        from scipy.sparse import csr_matrix, hstack
+        """Can a classifier tell the windows apart? AUC 0.5 = no; out-of-fold scores avoid overfit optimism.
+        `*_hashed`: the prompts' hashed n-grams (`_vectorize`), `*_num`: their features (input_matrix)."""
+        from scipy.sparse import csr_matrix, hstack, vstack
+        from sklearn import config_context
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import roc_auc_score
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.model_selection import StratifiedKFold
 
         num = np.vstack([ref_num, cur_num])
         num = (num - num.mean(0)) / (num.std(0) + 1e-9)
-        x = hstack([self._vectorize(list(ref_texts) + list(cur_texts)), csr_matrix(num)]).tocsr()
-        y = np.r_[np.zeros(len(ref_texts)), np.ones(len(cur_texts))]
+        n1, n2 = ref_hashed.shape[0], cur_hashed.shape[0]
+        x = hstack([vstack([ref_hashed, cur_hashed]), csr_matrix(num)]).tocsr()
+        y = np.r_[np.zeros(n1), np.ones(n2)]
         folds = StratifiedKFold(self.settings.cv_folds, shuffle=True, random_state=self.seed)
-        proba = cross_val_predict(LogisticRegression(solver="liblinear"), x, y, cv=folds, method="predict_proba")[:, 1]
-        auc = float(roc_auc_score(y, proba))
-        n1, n2 = len(ref_texts), len(cur_texts)
+        proba = np.empty(len(y))
+        # The folds by hand, without parameter checks (the inputs are built right here): on windows this small,
+        # cross_val_predict's dispatch and sklearn's per-call validation cost about as much as the fits.
+        with config_context(skip_parameter_validation=True, assume_finite=True):
+            for train, test in folds.split(x, y):
+                proba[test] = LogisticRegression(solver="liblinear").fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+        auc = rank_auc(proba[:n1], proba[n1:])
         se = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))  # Mann-Whitney AUC under the null
         p_value = NormalDist().cdf(-(auc - 0.5) / se)  # upper tail
         return ClassifierResult(auc, p_value, psi(proba[: n1], proba[n1:], self.settings.psi_bins))
@@ -162,13 +196,13 @@ class DriftDetector:
     def compare(self, reference: Sequence[Observation], current: Sequence[Observation]) -> DriftSnapshot:
         s = self.settings
         ref_prompts, cur_prompts = [o.prompt for o in reference], [o.prompt for o in current]
-        ref_num, cur_num = input_matrix(ref_prompts), input_matrix(cur_prompts)
+        (ref_num, ref_hashed), cur_num = self._reference_inputs(ref_prompts), input_matrix(cur_prompts)
         details: dict[str, float] = {}
         input_psis, input_ps = [], []
         for j in range(ref_num.shape[1]):
             input_psis.append(psi(ref_num[:, j], cur_num[:, j], s.psi_bins))
             input_ps.append(ks_p(ref_num[:, j], cur_num[:, j]))
-        clf = self.classifier_test(ref_prompts, cur_prompts, ref_num, cur_num)
+        clf = self.classifier_test(ref_hashed, self._vectorize(cur_prompts), ref_num, cur_num)
         details["classifier_score_psi"] = clf.score_psi
         # The classifier's own p-value (normal approximation to a cross-validated AUC) is anti-conservative
         # at these sizes; it is reported, while the alarm uses the AUC threshold and the score PSI.
@@ -226,6 +260,23 @@ def compare_here(settings: DriftSettings, label_of: LabelOf | None, reference: S
     return DriftDetector(settings, label_of).compare(reference, current)
 
 
+class Comparer:
+    """A Compare for comparisons that repeat (the drift thread's, the drift worker's): one detector kept
+    while the settings stay the same, so each reference's inputs are computed once (DriftDetector). Used
+    from one thread at a time."""
+
+    def __init__(self) -> None:
+        self._detector: DriftDetector | None = None
+
+    def __call__(self, settings: DriftSettings, label_of: LabelOf | None, reference: Sequence[Observation],
+                 current: Sequence[Observation]) -> DriftSnapshot:
+        detector = self._detector
+        if detector is None or detector.settings != settings:
+            detector = self._detector = DriftDetector(settings)
+        detector.label_of = label_of
+        return detector.compare(reference, current)
+
+
 class _ModelWindows:
     def __init__(self, settings: DriftSettings) -> None:
         # Items are Observations or raw items that `to_observation` turns into one off the event loop.
@@ -260,7 +311,7 @@ class DriftMonitor:
         """`compare`: runs one comparison (default: DriftDetector in the drift thread; the Evaluator passes
         evaluator.drift_worker's child process)."""
         self.settings = settings
-        self._compare = compare or compare_here
+        self._compare = compare or Comparer()
         self._label_of = label_of
         self._on_result = on_result
         self._to_observation = to_observation
@@ -336,13 +387,16 @@ class DriftMonitor:
             if self._closing:
                 return
             with w.lock:  # copy now, not at submission, so the comparison sees the newest window
-                reference, current = list(w.reference), list(w.current)
+                observed, current = list(w.reference), list(w.current)
                 w.since_last = 0
                 w.last_started = time.monotonic()
             limit = self.settings.max_reference_sample
-            if len(reference) > limit:  # a large distillation reference: a fixed, seeded sample of it
-                reference = random.Random(0).sample(reference, limit)
-            reference, current = self._observations(reference), self._observations(current)
+            if len(observed) > limit:  # a large distillation reference: a fixed, seeded sample of it
+                reference = self._observations(random.Random(0).sample(observed, limit))
+            else:
+                reference = self._observations(observed)
+                self._keep_converted(w, observed, reference)
+            current = self._observations(current)
             label_of = self._label_of(model)
             if label_of is not None:
                 # Labels are read here, and the comparison gets a plain lookup: a scorer need not be picklable
@@ -362,6 +416,15 @@ class DriftMonitor:
                 # than at the next request.
                 if not self._closing:
                     self._maybe_submit(model, w)
+
+    @staticmethod
+    def _keep_converted(w: _ModelWindows, observed: list[Any], converted: list[Observation]) -> None:
+        """The reference, once converted, stays converted: later comparisons skip the conversion, and the
+        served exchanges behind it (request and response objects) are released."""
+        n = len(observed)
+        with w.lock:
+            if len(w.reference) >= n and all(a is b for a, b in zip(w.reference, observed)):
+                w.reference[:n] = converted
 
     def snapshot(self, model: str) -> DriftSnapshot:
         w = self._models.get(model)

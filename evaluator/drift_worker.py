@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from evaluator.drift import DriftSnapshot, LabelOf, Observation, compare_here
+from evaluator.drift import Comparer, DriftSnapshot, LabelOf, Observation
 from evaluator.settings import DriftSettings
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,14 @@ class DriftWorker:
 
 def serve(conn: Connection) -> None:
     """The child's loop: one comparison per message until the parent closes its end."""
+    compare = Comparer()
     while True:
         try:
             settings, label_of, reference, current = conn.recv()
         except EOFError:
             return
         try:
-            reply = (True, compare_here(settings, label_of, reference, current))
+            reply = (True, compare(settings, label_of, reference, current))
         except Exception:  # noqa: BLE001 - the parent logs it; the child stays up for the next window
             reply = (False, traceback.format_exc())
         try:

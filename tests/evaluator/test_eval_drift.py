@@ -5,7 +5,18 @@ import random
 
 import pytest
 
-from evaluator.drift import DriftDetector, DriftMonitor, Observation, categorical_psi, compare_here, psi
+from hypothesis import given, settings as hyp_settings, strategies as st
+
+from evaluator.drift import (
+    Comparer,
+    DriftDetector,
+    DriftMonitor,
+    Observation,
+    categorical_psi,
+    compare_here,
+    psi,
+    rank_auc,
+)
 from evaluator.settings import DriftSettings
 
 NOUNS = ["card", "invoice", "payment", "refund", "account", "password", "login", "subscription", "plan", "charge",
@@ -41,6 +52,36 @@ def test_psi_is_zero_for_identical_and_large_for_disjoint() -> None:
     assert psi(values, [v + 100 for v in values]) > 2.0
     assert categorical_psi(["a"] * 50 + ["b"] * 50, ["a"] * 50 + ["b"] * 50) == 0.0
     assert categorical_psi(["a"] * 90 + ["b"] * 10, ["a"] * 10 + ["b"] * 90) > 1.0
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1), min_size=1, max_size=30),
+       st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1), min_size=1, max_size=30))
+def test_rank_auc_is_rocs_area_ties_included(negatives: list[float], positives: list[float]) -> None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    y = [0] * len(negatives) + [1] * len(positives)
+    expected = roc_auc_score(y, negatives + positives)
+    assert rank_auc(np.array(negatives), np.array(positives)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_comparer_reuses_a_reference_only_while_it_is_the_same() -> None:
+    """The reference's inputs are kept between comparisons: a different reference of the same size, or the
+    first one again after others, must give what a fresh detector gives."""
+    s = DriftSettings()
+    rng = random.Random(7)
+    usual, shifted = stream(rng, s.reference_size), stream(rng, s.reference_size, nouns=NEW_TOPIC)
+    current = stream(rng, s.window_size)
+    compare = Comparer()
+    aucs = []
+    for reference in (usual, shifted, usual, shifted):
+        kept = compare(s, label_of, reference, current)
+        fresh = compare_here(s, label_of, reference, current)
+        assert (kept.input_score, kept.output_score, kept.auc, kept.drifted, kept.details) == \
+            (fresh.input_score, fresh.output_score, fresh.auc, fresh.drifted, fresh.details)
+        aucs.append(kept.auc)
+    assert aucs[1] > 0.9 > 0.6 > aucs[0]  # the two references really differ: a stale one would show
 
 
 def test_false_alarm_rate_below_one_percent() -> None:
@@ -101,14 +142,17 @@ def test_distillation_reference_and_no_result_before_full_window() -> None:
 
 def test_recomputation_is_throttled_by_time_and_features_are_computed_in_the_drift_thread() -> None:
     """every_n=1 would mean a comparison per request; min_interval_s caps it. Items are converted by
-    to_observation in the drift thread, never by observe (the caller's thread)."""
+    to_observation in the drift thread, never by observe (the caller's thread), and a reference item once:
+    later comparisons reuse its Observation."""
     import threading
+    from collections import Counter
 
     settings = DriftSettings(window_size=20, reference_size=20, every_n=1, min_interval_s=3600.0)
-    results, converted_in = [], set()
+    results, converted_in, conversions = [], set(), Counter()
 
     def to_observation(item: tuple[int, Observation]) -> Observation:
         converted_in.add(threading.current_thread().name)
+        conversions[item[0]] += 1
         return item[1]
 
     monitor = DriftMonitor(settings, label_of=lambda model: label_of, on_result=lambda m, s: results.append(s),
@@ -128,6 +172,8 @@ def test_recomputation_is_throttled_by_time_and_features_are_computed_in_the_dri
         monitor.close()
     assert len(results) == 2 and results[-1].n == 20
     assert converted_in and all(n.startswith("distillgate-drift") for n in converted_in)
+    assert [conversions[i] for i in range(20)] == [1] * 20  # the reference, converted for the first comparison only
+    assert all(conversions[i] == 1 for i in range(180, 200))  # the second comparison's window
 
 
 def test_a_large_reference_is_compared_through_a_bounded_sample() -> None:
