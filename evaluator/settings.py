@@ -65,9 +65,11 @@ class DriftSettings(_Strict):
     psi_bins: int = Field(8, ge=2, description="quantile bins per numeric feature")
     cv_folds: int = Field(4, ge=2, description="folds of the reference-vs-current classifier's cross-validation")
     min_interval_s: float = Field(
-        5.0, ge=0.0,
-        description="at most one recomputation per model this often: a comparison costs ~0.1 s of CPU, and at "
-                    "2000 req/s every_n alone would run it 80 times a second on the gateway's core",
+        15.0, ge=0.0,
+        description="at most one recomputation per model this often: a comparison costs ~25 ms of CPU (200 vs "
+                    "200 requests), and at 2000 req/s every_n alone would run it 80 times a second on the "
+                    "gateway's core. 15 s is a usual Prometheus scrape interval: the drift gauges are not read "
+                    "more often, and the drift alerts wait 30 minutes anyway",
     )
     isolation: Literal["process", "thread"] = Field(
         "process",
@@ -107,15 +109,17 @@ class StoreSettings(_Strict):
         description="fraction of served-only exchanges stored (shadow pairs, escalations, fallbacks and errors "
                     "always are; every request is still counted per route, so report rates and cost stay exact). "
                     "Measured (bench/evaluator_hot_path.py, one core): each stored exchange costs the gateway "
-                    "process ~0.07 ms of CPU (redaction + insert in the writer thread), so 1.0 alone would exceed "
-                    "the evaluator's ~0.05 ms/request budget; 0.05 adds ~0.004 ms/request and still stores "
-                    "~100 exchanges/s at 2000 req/s for drift-over-time and spot checks",
+                    "process ~0.06 ms of CPU (record, redaction, insert and commit in the writer thread), so 1.0 "
+                    "would cost more than the rest of the evaluator; 0.05, capped by served_max_per_s, is plenty "
+                    "for drift-over-time and spot checks",
     )
     served_max_per_s: float | None = Field(
-        50.0, gt=0,
+        10.0, gt=0,
         description="at most this many sampled served-only exchanges stored per second (none: no cap), so the "
-                    "store's size and the writer's CPU stop growing with traffic: at 7000 req/s, 5 % alone "
-                    "would be 350 rows/s (~0.07 ms each); past the cap, the first sampled exchanges of each second are kept",
+                    "store's size and the writer's CPU stop growing with traffic; past the cap, the first sampled "
+                    "exchanges of each second are kept. 10/s is ~860,000 rows a day: more would push shadow pairs "
+                    "(the teacher answers re-distillation trains on) out of the default retention.max_rows sooner, "
+                    "and at 50/s the writer took ~3 ms of the serving process's CPU every second",
     )
     counts_interval_s: float = Field(10.0, gt=0, description="how often per-route request counts are written")
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the evaluator applies retention")

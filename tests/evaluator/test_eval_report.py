@@ -151,7 +151,8 @@ def test_sampled_storage_keeps_route_rates_and_cost_exact(tmp_path: Path) -> Non
     """Only a sample of served-only exchanges is stored; every request is counted, so reports are unbiased,
     and a shadow-stage candidate's pairs stay out of the model-wide agreement."""
     url = f"sqlite:///{tmp_path / 'sampled.db'}"
-    settings = EvaluatorSettings(store=StoreSettings(url=url, flush_interval_s=0.02, served_sample_rate=0.1))
+    settings = EvaluatorSettings(store=StoreSettings(url=url, flush_interval_s=0.02, served_sample_rate=0.1,
+                                                     served_max_per_s=None))
     store = PairStore(url, settings.store)
     store.migrate()
     start = time.time()
