@@ -13,9 +13,12 @@ User-space instructions only: kernel time (syscalls, about the same for both: st
 two reads and three epoll waits a request for each) and how fast the CPU runs them (cache misses)
 are not in it. Background work is rate-based (drift windows keep at most max_observed_per_s, the store
 at most served_max_per_s rows a second) and valgrind serves ~100 requests a second, so those caps are
-scaled down to keep the share of requests bench/gateway_overhead.py's gateway sees at --reference-rps.
+scaled down to keep the share of requests bench/gateway_overhead.py's gateway sees at --reference-rps,
+and the re-distillation watcher's 5 s tick is stretched by the same factor. With --cache-ll-kib K callgrind
+also simulates the caches (last level K KiB) and the table adds last-level misses per request.
 
     python bench/proxy_instructions.py [--requests 1000] [--connections 1]   # needs valgrind and gcc
+    python bench/proxy_instructions.py --connections 16 --modes json --cache-ll-kib 1024
 """
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ def _serve(target: str, port: int, upstream: str, store: str, helper: str, warm:
         "server": {"registry_poll_s": 3600.0},
         "evaluator": {"drift": {"max_observed_per_s": caps["drift"]},
                       "store": {"served_max_per_s": caps["store"], "flush_interval_s": caps["flush_s"]}},
+        "redistill": {"trigger": {"watcher": {"interval_s": caps["watcher_s"]}}},
     })
     config = DistillgateConfig.model_validate(raw)
     app = create_app(config, evaluator=None if target == "gateway" else False, tune_gc=True)
@@ -139,12 +143,14 @@ def _helper(work: Path) -> Path:
 
 
 def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, warm: int, n: int,
-            connections: int, caps: dict, valgrind: str) -> tuple[float, float]:
-    """(instructions per request, valgrind's request rate) for one target and mode."""
+            connections: int, caps: dict, valgrind: str, cache_ll: int | None) -> tuple[float, float, float | None]:
+    """(instructions per request, valgrind's request rate, last-level cache misses per request when
+    `cache_ll` (bytes) asks for callgrind's cache simulation) for one target and mode."""
     port = free_port()
     out = work / f"{target}-{mode}"
     out.mkdir()
-    argv = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p",
+    cache = ["--cache-sim=yes", f"--LL={cache_ll},16,64"] if cache_ll else []
+    argv = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p", *cache,
             sys.executable, __file__, "--serve", target, str(port), upstream, str(out / "store"), str(helper),
             str(warm), str(n), json.dumps(caps)]
     (out / "store").mkdir()
@@ -162,11 +168,15 @@ def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, 
     dumps = list(out.glob("cg.*.1"))
     if not dumps:
         raise RuntimeError(f"no window dump for {target} {mode}; see {out / 'server.log'}")
-    found = re.search(r"^(?:summary|totals): (\d+)", dumps[0].read_text(), re.MULTILINE)
+    text = dumps[0].read_text()
+    events = re.search(r"^events: (.+)$", text, re.MULTILINE)
+    found = re.search(r"^(?:summary|totals): ([\d ]+)$", text, re.MULTILINE)
     rate = re.search(r"WINDOW ([\d.]+) req/s", (out / "server.log").read_text())
-    if found is None:
+    if found is None or events is None:
         raise RuntimeError(f"no totals in {dumps[0]}")
-    return int(found.group(1)) / n, float(rate.group(1)) if rate else float("nan")
+    counts = dict(zip(events.group(1).split(), map(int, found.group(1).split())))
+    misses = sum(counts[e] for e in ("ILmr", "DLmr", "DLmw")) / n if cache_ll else None
+    return counts["Ir"] / n, float(rate.group(1)) if rate else float("nan"), misses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--valgrind-rps", type=float, default=100.0, help="about how fast valgrind serves (for the caps)")
     p.add_argument("--reference-rps", type=float, default=8000.0,
                    help="the real gateway's rate whose evaluator share to keep (bench/gateway_overhead.py, C=16)")
+    p.add_argument("--cache-ll-kib", type=int, default=0,
+                   help="also simulate the caches with a last level of this many KiB and count its misses per "
+                        "request (what makes CPU time differ from instructions); slower")
     p.add_argument("--name", default="proxy_instructions", help="results file stem under bench/results/")
     p.add_argument("--serve", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scale = args.valgrind_rps / args.reference_rps
     # The evaluator's defaults (evaluator.settings), scaled to valgrind's rate.
-    caps = {"drift": 100.0 * scale, "store": 50.0 * scale, "flush_s": 0.2 / scale}
+    caps = {"drift": 100.0 * scale, "store": 10.0 * scale, "flush_s": 0.2 / scale, "watcher_s": 5.0 / scale}
     console = Console()
     targets = [t for t in args.targets.split(",") if t]
     modes = [m for m in args.modes.split(",") if m]
@@ -209,23 +222,29 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for target in targets:
                 console.print(f"[dim]{target} {mode} (valgrind: about a minute)…[/dim]")
-                per_request, rate = measure(target, mode, upstream=upstream.base_url, work=work, helper=helper,
-                                            warm=args.warm, n=args.requests, connections=args.connections,
-                                            caps=caps, valgrind=valgrind)
-                rows.append({"target": target, "mode": mode, "instructions": per_request, "valgrind_rps": rate})
+                per_request, rate, misses = measure(target, mode, upstream=upstream.base_url, work=work,
+                                                    helper=helper, warm=args.warm, n=args.requests,
+                                                    connections=args.connections, caps=caps, valgrind=valgrind,
+                                                    cache_ll=args.cache_ll_kib * 1024 or None)
+                rows.append({"target": target, "mode": mode, "instructions": per_request, "valgrind_rps": rate,
+                             "ll_misses": misses})
     finally:
         stop_all(running)
-    floor = {r["mode"]: r["instructions"] for r in rows if r["target"] == "floor"}
+    floor = {r["mode"]: r for r in rows if r["target"] == "floor"}
+    columns = ["target", "scenario", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"]
+    if args.cache_ll_kib:
+        columns += [f"LL misses/request ({args.cache_ll_kib} KiB)", "÷ floor"]
     report = Report(f"instructions per request, whole server process (valgrind; {args.requests} requests, "
-                    f"C={args.connections})",
-                    ["target", "scenario", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"],
-                    raw={"args": vars(args), "caps": caps, "rows": rows})
+                    f"C={args.connections})", columns, raw={"args": vars(args), "caps": caps, "rows": rows})
     for r in rows:
-        base = floor.get(r["mode"])
-        report.rows.append([r["target"], r["mode"], fmt(r["instructions"], 0),
-                            fmt(safe_div(r["instructions"], base), 3),
-                            fmt(r["instructions"] - base if base else None, 0), fmt(r["valgrind_rps"], 0)])
-    report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}; "
+        base = floor.get(r["mode"], {})
+        row = [r["target"], r["mode"], fmt(r["instructions"], 0), fmt(safe_div(r["instructions"], base.get("instructions")), 3),
+               fmt(r["instructions"] - base["instructions"] if base else None, 0), fmt(r["valgrind_rps"], 0)]
+        if args.cache_ll_kib:
+            row += [fmt(r["ll_misses"], 0), fmt(safe_div(r["ll_misses"], base.get("ll_misses")), 3)]
+        report.rows.append(row)
+    cache_flag = f" --cache-ll-kib {args.cache_ll_kib}" if args.cache_ll_kib else ""
+    report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}{cache_flag}; "
                         f"evaluator caps scaled to {args.valgrind_rps:g} req/s under valgrind: {caps} (a slower run "
                         "keeps a larger share of requests in the drift window and the store, and counts more)")
     report.publish(console, args.name)
