@@ -60,7 +60,7 @@ def build_service(
     if evaluator is not None:
         controller = PromotionController(
             registry, admin_factory(config), lambda m, v: evaluator.agreement(m, v), rs.promote, models,
-            metrics=metrics,
+            metrics=metrics, interval_s=rs.promote.interval_s,
         )
 
     def live_agreement(model: str) -> Any:

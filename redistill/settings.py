@@ -75,6 +75,7 @@ class PromoteSettings(_Strict):
     canary_min_samples: int = 30
     stage_timeout_s: float = 900.0
     skip_shadow: bool = False
+    interval_s: float = Field(5.0, gt=0, description="how often stage progress (shadow/canary verdicts, timeouts) is checked")
 
 
 class KubernetesRunnerSettings(_Strict):
