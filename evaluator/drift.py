@@ -254,12 +254,6 @@ class DriftDetector:
 Compare = Callable[[DriftSettings, "LabelOf | None", Sequence[Observation], Sequence[Observation]], DriftSnapshot]
 
 
-def compare_here(settings: DriftSettings, label_of: LabelOf | None, reference: Sequence[Observation],
-                 current: Sequence[Observation]) -> DriftSnapshot:
-    """One comparison in the calling thread."""
-    return DriftDetector(settings, label_of).compare(reference, current)
-
-
 class Comparer:
     """A Compare for comparisons that repeat (the drift thread's, the drift worker's): one detector kept
     while the settings stay the same, so each reference's inputs are computed once (DriftDetector). Used
@@ -308,7 +302,7 @@ class DriftMonitor:
                  on_result: Callable[[str, DriftSnapshot], None] | None = None,
                  to_observation: Callable[[Any], Observation] | None = None,
                  compare: Compare | None = None) -> None:
-        """`compare`: runs one comparison (default: DriftDetector in the drift thread; the Evaluator passes
+        """`compare`: runs one comparison (default: a Comparer in the drift thread; the Evaluator passes
         evaluator.drift_worker's child process)."""
         self.settings = settings
         self._compare = compare or Comparer()

@@ -13,7 +13,6 @@ from evaluator.drift import (
     DriftMonitor,
     Observation,
     categorical_psi,
-    compare_here,
     psi,
     rank_auc,
 )
@@ -77,7 +76,7 @@ def test_a_comparer_reuses_a_reference_only_while_it_is_the_same() -> None:
     aucs = []
     for reference in (usual, shifted, usual, shifted):
         kept = compare(s, label_of, reference, current)
-        fresh = compare_here(s, label_of, reference, current)
+        fresh = DriftDetector(s, label_of).compare(reference, current)
         assert (kept.input_score, kept.output_score, kept.auc, kept.drifted, kept.details) == \
             (fresh.input_score, fresh.output_score, fresh.auc, fresh.drifted, fresh.details)
         aucs.append(kept.auc)
@@ -262,7 +261,7 @@ def test_drift_worker_replaces_a_dead_child_and_passes_a_failed_comparison_back(
         first = worker.compare(settings, None, obs, obs)
         pid = worker.pid
         assert pid is not None and pid != os.getpid() and first.n == 20
-        here = compare_here(settings, None, obs, obs)  # the child computes what this process would
+        here = DriftDetector(settings).compare(obs, obs)  # the child computes what this process would
         assert (first.input_score, first.auc, first.drifted) == (here.input_score, here.auc, here.drifted)
         os.kill(pid, signal.SIGKILL)
         second = worker.compare(settings, None, obs, obs)  # a new child answers
