@@ -14,7 +14,7 @@ two reads and three epoll waits a request for each) and how fast the CPU runs th
 are not in it. Background work is rate-based (drift windows keep at most max_observed_per_s, the store
 at most served_max_per_s rows a second) and valgrind serves ~100 requests a second, so those caps are
 scaled down to keep the share of requests bench/gateway_overhead.py's gateway sees at --reference-rps,
-and the re-distillation watcher's 5 s tick is stretched by the same factor. With --cache-ll-kib K callgrind
+and the re-distillation watcher's and promotion controller's 5 s ticks are stretched by the same factor. With --cache-ll-kib K callgrind
 also simulates the caches (last level K KiB) and the table adds last-level misses per request.
 
     python bench/proxy_instructions.py [--requests 1000] [--connections 1]   # needs valgrind and gcc
@@ -96,7 +96,8 @@ def _serve(target: str, port: int, upstream: str, store: str, helper: str, warm:
         "server": {"registry_poll_s": 3600.0},
         "evaluator": {"drift": {"max_observed_per_s": caps["drift"]},
                       "store": {"served_max_per_s": caps["store"], "flush_interval_s": caps["flush_s"]}},
-        "redistill": {"trigger": {"watcher": {"interval_s": caps["watcher_s"]}}},
+        "redistill": {"trigger": {"watcher": {"interval_s": caps["watcher_s"]}},
+                      "promote": {"interval_s": caps["watcher_s"]}},
     })
     config = DistillgateConfig.model_validate(raw)
     app = create_app(config, evaluator=None if target == "gateway" else False, tune_gc=True)
