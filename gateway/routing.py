@@ -83,6 +83,11 @@ class CanarySplit:
         canary = active.canary
         if canary is not None and u < active.canary_percent / 100.0:
             return canary.id
+        return self.live(active)
+
+    @staticmethod
+    def live(active: ActiveVersionsLike) -> str:
+        """The version serving what the canary does not take (all of it when there is no canary)."""
         return active.live.id if active.live is not None else BASE_VERSION
 
 
@@ -143,7 +148,6 @@ class ModelRouter:
         if active is None:  # no registry versions: the base student, nothing to draw
             return self._base_student[reason]
         if active.canary is None:  # no canary to split off: the live version, nothing to draw either
-            live = active.live
-            return self._base_student[reason] if live is None else self._decision("student", live.id, reason)
+            return self._decision("student", self.canary.live(active), reason)
         u = self.sticky.unit(headers, body, "canary:") if sticky_u is not None else self._rng()
         return self._decision("student", self.canary.pick(active, u if u is not None else self._rng()), reason)
