@@ -52,7 +52,7 @@ from gateway.routing import BASE_VERSION, ModelRouter, RouteDecision
 from gateway.stream_usage import UsageStripper, with_usage
 from gateway.streaming import WATCH_AFTER_S, relay_sse
 from gateway.tracing import Tracing
-from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream
+from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream, request_body
 
 log = logging.getLogger("distillgate.gateway")
 
@@ -249,7 +249,7 @@ class Proxy:
         fwd = dict(payload)
         fwd["model"] = d.upstream_model
         try:
-            result, doc = await self._attempt(model, d, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
+            result, doc = await self._attempt(model, d, request_body(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome(d.route, d), result, doc
         except UpstreamError as exc:
             other = self._fallback_side(model, router, d, exc)
@@ -257,7 +257,7 @@ class Proxy:
                 raise
             fwd["model"] = other.upstream_model
             self.metrics.model(model).fallbacks.inc()
-            result, doc = await self._attempt(model, other, orjson.dumps(fwd), fwd, headers, endpoint, stream, spent)
+            result, doc = await self._attempt(model, other, request_body(fwd), fwd, headers, endpoint, stream, spent)
             return Outcome("fallback", other), result, doc
 
     def _fallback_side(self, model: str, router: ModelRouter, d: RouteDecision, exc: UpstreamError) -> RouteDecision | None:
@@ -291,7 +291,7 @@ class Proxy:
         fwd = dict(payload)
         fwd["model"] = teacher.upstream_model
         try:
-            t_reply, t_doc = await self._attempt(model, teacher, orjson.dumps(fwd), fwd, headers, endpoint, False, spent)
+            t_reply, t_doc = await self._attempt(model, teacher, request_body(fwd), fwd, headers, endpoint, False, spent)
         except UpstreamError as exc:
             if self._fallback_side(model, router, teacher, exc) is None:
                 raise

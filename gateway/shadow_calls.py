@@ -17,6 +17,7 @@ import orjson
 from evaluator.records import TEACHER_ROUTES, ExchangeRecord
 from gateway.errors import UpstreamBadResponse
 from gateway.exchange import build_record, parse_response
+from gateway.upstreams import request_body
 
 if TYPE_CHECKING:
     from gateway.proxy import Proxy
@@ -57,7 +58,7 @@ class ShadowCaller:
                 payload["logprobs"] = TEACHER_TOP_LOGPROBS
         upstream = p.upstreams[decision.target.upstream]
         t0 = time.perf_counter()
-        reply = await upstream.post(served.endpoint, orjson.dumps(payload), payload,
+        reply = await upstream.post(served.endpoint, request_body(payload), payload,
                                     {"x-request-id": served.request_id, "x-distillgate-shadow": "1"})
         try:
             doc = orjson.loads(reply.body)

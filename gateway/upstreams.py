@@ -58,6 +58,17 @@ class Upstream(Protocol):
     async def probe(self) -> bool: ...
 
 
+def request_body(payload: dict[str, Any]) -> bytes:
+    """`payload` as the JSON bytes sent upstream, in an allocation of their own size.
+
+    orjson returns its output in the buffer it wrote it to: len() is the JSON's, but the allocation stays
+    4 KiB (from malloc, not Python's small-object pool). A forwarded body lives as long as its upstream
+    call, so with many calls in flight those buffers spread the process's working set over more memory;
+    the copy costs ~0.1 us and measured ~2 % less CPU a request at 64 connections (bench/paired_cpu.py).
+    """
+    return bytes(memoryview(orjson.dumps(payload)))
+
+
 def _translate(exc: BaseException, name: str) -> Exception:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return UpstreamTimeout(f"upstream {name!r} timed out")

@@ -237,3 +237,24 @@ def test_parse_sse_usage_reads_the_last_usage_object_only() -> None:
                             b"data: [DONE]\n\n"]).prompt_tokens is None
     assert parse_sse_usage([b"data: [DONE]\n\n"]).completion_tokens is None
     assert parse_sse_usage([]).prompt_tokens is None
+
+
+def test_request_body_is_the_json_in_an_allocation_of_its_own_size():
+    import tracemalloc
+
+    import orjson
+
+    from gateway.upstreams import request_body
+
+    payload = {"model": "m", "messages": [{"role": "user", "content": "héllo " * 3}], "max_tokens": 8}
+    assert request_body(payload) == orjson.dumps(payload)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        kept = [request_body(payload) for _ in range(50)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_body = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(kept)
+    # orjson.dumps' own result would hold ~4 KiB each (its write buffer); the copy holds the JSON's length.
+    assert per_body < len(kept[0]) + 256
