@@ -306,11 +306,13 @@ class Proxy:
     # ---- after the response: metrics, tokens, trace, log, evaluator ---------------------------------
 
     def _finish(self, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
-                payload: dict, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None, doc: dict | None,
-                ttft_s: float | None, span: Any, chunks: list[bytes] | None) -> None:
-        """Positional: called on every request (keywords cost a dict). `chunks`: a stream's relayed SSE, whose
-        full answer the evaluator assembles only if it needs it (`answer` then holds just what the last
-        chunks say: usage)."""
+                payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None,
+                doc: dict | None, answer_body: bytes | None, ttft_s: float | None, span: Any,
+                chunks: list[bytes] | None) -> None:
+        """Positional: called on every request (keywords cost a dict). `raw`: the request body `payload` was
+        parsed from; `doc`: the upstream's JSON answer, parsed from `answer_body`. `chunks`: a stream's relayed
+        SSE, whose full answer the evaluator assembles only if it needs it (`answer` then holds just what the
+        last chunks say: usage)."""
         total = time.perf_counter() - t0
         route = outcome.route
         if answer is not None:
@@ -346,9 +348,9 @@ class Proxy:
                 record_route = "student" if outcome.decision.route == "student" else route
             rules = self.slices[model]
             served = LazyExchange(  # positional: see LazyExchange.__init__
-                rid, model, record_route, outcome.decision.version, endpoint, payload,
+                rid, model, record_route, outcome.decision.version, endpoint, raw,
                 assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE, prompt, completion, total, ttft_s,
-                None if chunks is not None else answer, doc, chunks,
+                None if chunks is not None else answer, answer_body, chunks,
             )
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
@@ -445,9 +447,10 @@ class ProxyEndpoint:
             in_flight = p.in_flight[model]
             in_flight.value += 1
             if stream:
-                await self._stream(t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span)
+                await self._stream(t0, scope, receive, send, model, router, decision, payload, raw, up_headers, key, rid,
+                                   hdrs, span)
             else:
-                await self._unary(t0, send, model, router, decision, payload, up_headers, key, rid, hdrs, span)
+                await self._unary(t0, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs, span)
         except _ClientGone:
             return
         except GatewayError as exc:
@@ -472,7 +475,7 @@ class ProxyEndpoint:
         except Exception:  # response already started (mid-stream failure) or client gone
             pass
 
-    async def _unary(self, t0, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
+    async def _unary(self, t0, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs, span) -> None:
         p = self.proxy
         answer = None
         spent = UpstreamTime()
@@ -496,9 +499,11 @@ class ProxyEndpoint:
             ],
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, outcome, spent.seconds, answer, doc, None, span, None)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds, answer, doc, body, None,
+                  span, None)
 
-    async def _stream(self, t0, scope, receive, send, model, router, decision, payload, up_headers, key, rid, hdrs, span) -> None:
+    async def _stream(self, t0, scope, receive, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs,
+                      span) -> None:
         p = self.proxy
         spent = UpstreamTime()
         # Usage is asked for on every stream (token metrics, limits, teacher spend) and hidden again from
@@ -526,5 +531,5 @@ class ProxyEndpoint:
             return
         # Usage sits in the last chunks; parse after the client has it all (the text only if the evaluator asks).
         answer = parse_sse_usage(stats.chunks)
-        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, outcome, spent.seconds + stats.upstream_wait_s,
-                  answer, None, stats.ttft_s, span, stats.chunks)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds + stats.upstream_wait_s,
+                  answer, None, None, stats.ttft_s, span, stats.chunks)
