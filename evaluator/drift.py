@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -389,8 +389,10 @@ class DriftMonitor:
                 reference = self._observations(random.Random(0).sample(observed, limit))
             else:
                 reference = self._observations(observed)
-                self._keep_converted(w, observed, reference)
-            current = self._observations(current)
+                self._keep_converted(w, w.reference, observed, reference)
+            converted = self._observations(current)
+            self._keep_converted(w, w.current, current, converted)
+            current = converted
             label_of = self._label_of(model)
             if label_of is not None:
                 # Labels are read here, and the comparison gets a plain lookup: a scorer need not be picklable
@@ -412,13 +414,21 @@ class DriftMonitor:
                     self._maybe_submit(model, w)
 
     @staticmethod
-    def _keep_converted(w: _ModelWindows, observed: list[Any], converted: list[Observation]) -> None:
-        """The reference, once converted, stays converted: later comparisons skip the conversion, and the
-        served exchanges behind it (request and response objects) are released."""
-        n = len(observed)
+    def _keep_converted(w: _ModelWindows, window: MutableSequence[Any], observed: list[Any],
+                        converted: list[Observation]) -> None:
+        """Items of `window` (the reference or the current window) that were converted stay converted: a later
+        comparison skips their conversion, and the served exchanges behind them are released (an exchange
+        keeps the record it built, parsed request included, which a window would otherwise hold until the
+        item leaves it). Matched by identity: `observed` holds every item, so no id is reused meanwhile; the
+        window may have moved on since it was copied (items appended, the oldest dropped)."""
+        by_id = {id(item): obs for item, obs in zip(observed, converted) if item is not obs}
+        if not by_id:
+            return
         with w.lock:
-            if len(w.reference) >= n and all(a is b for a, b in zip(w.reference, observed)):
-                w.reference[:n] = converted
+            for i, item in enumerate(list(window)):
+                obs = by_id.get(id(item))
+                if obs is not None:
+                    window[i] = obs
 
     def snapshot(self, model: str) -> DriftSnapshot:
         w = self._models.get(model)

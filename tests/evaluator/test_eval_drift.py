@@ -175,6 +175,34 @@ def test_recomputation_is_throttled_by_time_and_features_are_computed_in_the_dri
     assert all(conversions[i] == 1 for i in range(180, 200))  # the second comparison's window
 
 
+def test_window_items_compared_again_are_not_converted_again() -> None:
+    """A comparison leaves the current window holding the Observations it made (the served exchanges behind
+    them released): items still in the window at the next comparison are not converted a second time."""
+    from collections import Counter
+
+    settings = DriftSettings(window_size=20, reference_size=20, every_n=5, min_interval_s=0.0)
+    conversions: Counter[int] = Counter()
+
+    def to_observation(item: tuple[int, Observation]) -> Observation:
+        conversions[item[0]] += 1
+        return item[1]
+
+    monitor = DriftMonitor(settings, label_of=lambda model: label_of, to_observation=to_observation)
+    items = list(enumerate(stream(random.Random(11), 45)))
+    try:
+        for item in items[:40]:
+            monitor.observe("m", item)
+        monitor.wait_idle(60)
+        for item in items[40:]:  # the window is now items 25..44: 15 of them were compared before
+            monitor.observe("m", item)
+        monitor.wait_idle(60)
+        assert monitor.snapshot("m").n == 20
+    finally:
+        monitor.close()
+    assert sorted(conversions) == list(range(45))
+    assert set(conversions.values()) == {1}
+
+
 def test_a_large_reference_is_compared_through_a_bounded_sample() -> None:
     settings = DriftSettings(window_size=20, reference_size=20, every_n=5, max_reference_sample=50)
     monitor = DriftMonitor(settings, label_of=lambda model: label_of)
