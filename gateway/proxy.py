@@ -246,18 +246,17 @@ class Proxy:
 
     async def _call(self, model: str, router: ModelRouter, d: RouteDecision, payload: dict, headers: dict,
                     endpoint: str, stream: bool, spent: UpstreamTime) -> tuple[Outcome, UpstreamReply | UpstreamStream, Any]:
-        fwd = dict(payload)
-        fwd["model"] = d.upstream_model
         try:
-            result, doc = await self._attempt(model, d, request_body(fwd), fwd, headers, endpoint, stream, spent)
+            result, doc = await self._attempt(model, d, request_body(payload, d.upstream_model), payload, headers,
+                                              endpoint, stream, spent)
             return Outcome(d.route, d), result, doc
         except UpstreamError as exc:
             other = self._fallback_side(model, router, d, exc)
             if other is None:
                 raise
-            fwd["model"] = other.upstream_model
             self.metrics.model(model).fallbacks.inc()
-            result, doc = await self._attempt(model, other, request_body(fwd), fwd, headers, endpoint, stream, spent)
+            result, doc = await self._attempt(model, other, request_body(payload, other.upstream_model), payload,
+                                              headers, endpoint, stream, spent)
             return Outcome("fallback", other), result, doc
 
     def _fallback_side(self, model: str, router: ModelRouter, d: RouteDecision, exc: UpstreamError) -> RouteDecision | None:
@@ -288,10 +287,9 @@ class Proxy:
             return outcome, reply, doc, answer
         self.metrics.model(model).escalations.inc()
         teacher = router.side("teacher")
-        fwd = dict(payload)
-        fwd["model"] = teacher.upstream_model
         try:
-            t_reply, t_doc = await self._attempt(model, teacher, request_body(fwd), fwd, headers, endpoint, False, spent)
+            t_reply, t_doc = await self._attempt(model, teacher, request_body(payload, teacher.upstream_model), payload,
+                                                 headers, endpoint, False, spent)
         except UpstreamError as exc:
             if self._fallback_side(model, router, teacher, exc) is None:
                 raise

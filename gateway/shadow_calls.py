@@ -47,7 +47,6 @@ class ShadowCaller:
         else:
             decision = router.side("teacher")
         payload = dict(served.request)
-        payload["model"] = decision.upstream_model
         payload["stream"] = False
         payload.pop("stream_options", None)
         if decision.route == "teacher":
@@ -58,7 +57,7 @@ class ShadowCaller:
                 payload["logprobs"] = TEACHER_TOP_LOGPROBS
         upstream = p.upstreams[decision.target.upstream]
         t0 = time.perf_counter()
-        reply = await upstream.post(served.endpoint, request_body(payload), payload,
+        reply = await upstream.post(served.endpoint, request_body(payload, decision.upstream_model), payload,
                                     {"x-request-id": served.request_id, "x-distillgate-shadow": "1"})
         try:
             doc = orjson.loads(reply.body)

@@ -239,7 +239,7 @@ def test_parse_sse_usage_reads_the_last_usage_object_only() -> None:
     assert parse_sse_usage([]).prompt_tokens is None
 
 
-def test_request_body_is_the_json_in_an_allocation_of_its_own_size():
+def test_request_body_is_the_json_for_the_upstream_in_an_allocation_of_its_own_size():
     import tracemalloc
 
     import orjson
@@ -247,11 +247,12 @@ def test_request_body_is_the_json_in_an_allocation_of_its_own_size():
     from gateway.upstreams import request_body
 
     payload = {"model": "m", "messages": [{"role": "user", "content": "héllo " * 3}], "max_tokens": 8}
-    assert request_body(payload) == orjson.dumps(payload)
+    assert request_body(payload, "served-name") == orjson.dumps({**payload, "model": "served-name"})
+    assert payload["model"] == "m" and list(payload) == ["model", "messages", "max_tokens"]  # the caller's, as it was
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        kept = [request_body(payload) for _ in range(50)]
+        kept = [request_body(payload, "served-name") for _ in range(50)]
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
