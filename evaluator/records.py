@@ -9,6 +9,9 @@ from typing import Any, Protocol
 ROUTES = ("student", "teacher", "fallback", "cascade", "candidate")
 # Routes whose answer the teacher generated: fallback (the student failed) and cascade (escalated).
 TEACHER_ROUTES = frozenset({"teacher", "fallback", "cascade"})
+# Served routes whose exchanges are always stored: escalations and fallbacks are rare and what reports
+# and re-distillation look at first.
+ALWAYS_STORED_ROUTES = frozenset({"fallback", "cascade"})
 # A version in the promotion "shadow" stage answering a sampled request that no user sees (never served).
 CANDIDATE_ROUTE = "candidate"
 # A request id the gateway serves under: 1-64 visible ASCII characters (the store's request_id column is

@@ -217,18 +217,22 @@ class LazyExchange:
         self._chunks = chunks
         self._record: ExchangeRecord | None = None
 
-    def record(self) -> ExchangeRecord:
+    def record(self, request: dict[str, Any] | None = None, doc: dict[str, Any] | None = None) -> ExchangeRecord:
+        """The complete record, built once. `request`, `doc`: the request and JSON answer already parsed from
+        the kept bytes, from a caller that still holds them (the proxy, for exchanges every evaluator records),
+        so they are not parsed a second time."""
         record = self._record
         if record is None:
             answer = self._answer
             if answer is None:
                 if self._answer_body is not None:
-                    answer = parse_response(orjson.loads(self._answer_body))
+                    answer = parse_response(doc if doc is not None else orjson.loads(self._answer_body))
                 else:
                     answer = parse_sse(self._chunks) if self._chunks is not None else ParsedAnswer()
             record = self._record = build_record(
                 request_id=self.request_id, model=self.model, route=self.route, version=self.version,
-                endpoint=self.endpoint, request=orjson.loads(self._request_body), answer=answer, status=self.status,
-                latency_s=self.latency_s, ttft_s=self.ttft_s, slice_name=self.slice,
+                endpoint=self.endpoint, request=request if request is not None else orjson.loads(self._request_body),
+                answer=answer, status=self.status, latency_s=self.latency_s, ttft_s=self.ttft_s,
+                slice_name=self.slice,
             )
         return record

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from evaluator.records import ExchangeRecord, well_formed_request_id
+from evaluator.records import ALWAYS_STORED_ROUTES, ExchangeRecord, well_formed_request_id
 from evaluator.slices import DEFAULT_SLICE, assign_slice, slice_header_names
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
@@ -350,6 +350,8 @@ class Proxy:
                 assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE, prompt, completion, total, ttft_s,
                 None if chunks is not None else answer, answer_body, chunks,
             )
+            if record_route in ALWAYS_STORED_ROUTES:  # recorded whatever the sampling: from what is parsed already
+                served.record(payload, doc)
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
             ev.served(served, outcome.escalated, key.name, outcome.confidence)

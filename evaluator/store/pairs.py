@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.sql import Select
 
 from evaluator.metrics import StoreMetrics
-from evaluator.records import ExchangeRecord, Feedback, ServedExchange, ShadowPair
+from evaluator.records import ALWAYS_STORED_ROUTES, ExchangeRecord, Feedback, ServedExchange, ShadowPair
 from evaluator.served_tally import ServedTally
 from evaluator.settings import StoreSettings
 from evaluator.store import schema
@@ -29,10 +29,6 @@ from evaluator.store.rows import (
     request_hash,
 )
 from evaluator.store.writer import BatchWriter
-
-# Served routes whose exchanges are always stored: escalations and fallbacks are rare and what reports
-# and re-distillation look at first.
-ALWAYS_STORED_ROUTES = frozenset({"fallback", "cascade"})
 
 _served = schema.exchanges.alias("served")
 _shadow = schema.exchanges.alias("shadow")

@@ -259,3 +259,25 @@ def test_request_body_is_the_json_for_the_upstream_in_an_allocation_of_its_own_s
     per_body = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(kept)
     # orjson.dumps' own result would hold ~4 KiB each (its write buffer); the copy holds the JSON's length.
     assert per_body < len(kept[0]) + 256
+
+
+def test_lazy_exchange_builds_the_same_record_from_its_bytes_or_from_parsed_objects():
+    from dataclasses import replace
+
+    import orjson
+
+    from gateway.exchange import LazyExchange
+
+    raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
+    body = (b'{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],'
+            b'"usage":{"prompt_tokens":3,"completion_tokens":1}}')
+
+    def exchange() -> LazyExchange:
+        return LazyExchange("r1", "m", "fallback", "base", "chat", raw, "default", 3, 1, 0.01, None, None, body, None)
+
+    from_bytes = exchange().record()
+    given = exchange()
+    from_parsed = given.record(orjson.loads(raw), orjson.loads(body))
+    assert replace(from_parsed, created_at=0.0) == replace(from_bytes, created_at=0.0)
+    assert from_bytes.response_text == "hello" and from_bytes.request["max_tokens"] == 4
+    assert given.record() is from_parsed  # built once
