@@ -13,6 +13,7 @@ redistill (RedistillService | None, set at start-up).
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
@@ -159,6 +160,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        proxy.disconnects.bind(asyncio.get_running_loop())
         for upstream in upstreams.values():
             await upstream.start()
         ev = _build_evaluator(evaluator, config, call_other, metrics_registry)

@@ -113,28 +113,51 @@ def parse_sse(chunks: Iterable[bytes]) -> ParsedAnswer:
     return answer
 
 
-def parse_sse_usage(chunks: list[bytes]) -> ParsedAnswer:
-    """Only the usage of a relayed stream (tokens for metrics and limits), read from its last usage event:
-    what every stream needs, at a fraction of parse_sse's cost (the text is assembled only if asked for).
-    The last read nearly always holds the whole event; the last three are joined only when it does not."""
-    answer = ParsedAnswer()
-    if not chunks:
-        return answer
-    tails = (chunks[-1], b"".join(chunks[-3:])) if len(chunks) > 1 else (chunks[-1],)
-    for tail in tails:
-        at = tail.rfind(b'"usage"')
-        while at >= 0:
-            start = tail.rfind(b"data:", 0, at)
-            end = tail.find(b"\n", at)
-            try:
-                doc = orjson.loads(tail[start + 5:end if end >= 0 else len(tail)]) if start >= 0 else None
-            except orjson.JSONDecodeError:
-                doc = None  # e.g. the event began before this tail; an earlier one may still say it
-            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
-                _usage(answer, doc["usage"])
-                return answer
-            at = tail.rfind(b'"usage"', 0, start if start >= 0 else 0)
-    return answer
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def answer_tokens(answer: ParsedAnswer | None, doc: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of a JSON answer: from `answer` when it was parsed already, else
+    from the response document's usage."""
+    if answer is not None:
+        return _int_or_none(answer.prompt_tokens), _int_or_none(answer.completion_tokens)
+    usage = doc.get("usage") if doc is not None else None
+    if not isinstance(usage, dict):
+        return None, None
+    return _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+
+
+def _last_usage(tail: bytes) -> tuple[int | None, int | None] | None:
+    """The tokens of the last event in `tail` whose usage is an object; None when there is none."""
+    at = tail.rfind(b'"usage"')
+    while at >= 0:
+        start = tail.rfind(b"data:", 0, at)
+        if start < 0:
+            return None  # the event began before this tail
+        end = tail.find(b"\n", at)
+        try:
+            usage = orjson.loads(tail[start + 5:end if end >= 0 else len(tail)]).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):  # a malformed event, or JSON that is not an object
+            usage = None
+        if isinstance(usage, dict):
+            return _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+        at = tail.rfind(b'"usage"', 0, start)  # `"usage"` inside a text, or `"usage": null`: look further back
+    return None
+
+
+def sse_usage(chunks: list[bytes]) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of a relayed stream, read from its last usage event: what every
+    stream needs (metrics, token limits), at a fraction of parse_sse's cost (the text is assembled only if
+    the evaluator asks). The last read nearly always holds the whole event; the last three are joined only
+    when it does not."""
+    if chunks:
+        found = _last_usage(chunks[-1])
+        if found is None and len(chunks) > 1:
+            found = _last_usage(b"".join(chunks[-3:]))
+        if found is not None:
+            return found
+    return None, None
 
 
 def build_record(

@@ -43,7 +43,7 @@ from gateway.errors import (
     UpstreamStatus,
     error_response_parts,
 )
-from gateway.exchange import LazyExchange, ParsedAnswer, build_record, parse_response, parse_sse_usage
+from gateway.exchange import LazyExchange, ParsedAnswer, answer_tokens, build_record, parse_response, sse_usage
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
@@ -304,25 +304,15 @@ class Proxy:
     # ---- after the response: metrics, tokens, trace, log, evaluator ---------------------------------
 
     def _finish(self, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
-                payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None,
-                doc: dict | None, answer_body: bytes | None, ttft_s: float | None, span: Any,
-                chunks: list[bytes] | None) -> None:
+                payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, prompt: int | None,
+                completion: int | None, answer: ParsedAnswer | None, doc: dict | None, answer_body: bytes | None,
+                ttft_s: float | None, span: Any, chunks: list[bytes] | None) -> None:
         """Positional: called on every request (keywords cost a dict). `raw`: the request body `payload` was
-        parsed from; `doc`: the upstream's JSON answer, parsed from `answer_body`. `chunks`: a stream's relayed
-        SSE, whose full answer the evaluator assembles only if it needs it (`answer` then holds just what the
-        last chunks say: usage)."""
+        parsed from; `prompt`, `completion`: the answer's token counts; `doc`: the upstream's JSON answer,
+        parsed from `answer_body`, or `answer`, when parsed already. `chunks`: a stream's relayed SSE, whose
+        full answer the evaluator assembles only if it needs it."""
         total = time.perf_counter() - t0
         route = outcome.route
-        if answer is not None:
-            prompt, completion = answer.prompt_tokens, answer.completion_tokens
-        else:
-            usage = doc.get("usage") if doc is not None else None
-            prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-            completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        if not isinstance(prompt, int):
-            prompt = None
-        if not isinstance(completion, int):
-            completion = None
         self.metrics.series(model, route).answered(total, max(0.0, total - upstream_s), prompt or 0, completion or 0)
         if key.rate_limit.tokens_per_minute is not None:
             self.limiter.spend_tokens(key, (prompt or 0) + (completion or 0))
@@ -348,7 +338,7 @@ class Proxy:
             served = LazyExchange(  # positional: see LazyExchange.__init__
                 rid, model, record_route, outcome.decision.version, endpoint, raw,
                 assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE, prompt, completion, total, ttft_s,
-                None if chunks is not None else answer, answer_body, chunks,
+                answer, answer_body, chunks,
             )
             if record_route in ALWAYS_STORED_ROUTES:  # recorded whatever the sampling: from what is parsed already
                 served.record(payload, doc)
@@ -499,8 +489,9 @@ class ProxyEndpoint:
             ],
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds, answer, doc, body, None,
-                  span, None)
+        prompt, completion = answer_tokens(answer, doc)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds, prompt, completion,
+                  answer, doc, body, None, span, None)
 
     async def _stream(self, t0, scope, receive, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs,
                       span) -> None:
@@ -529,7 +520,7 @@ class ProxyEndpoint:
                 Tracing.finish(span, response_model=outcome.decision.upstream_model, route=outcome.route,
                                status=499 if stats.client_disconnected else 502, input_tokens=None, output_tokens=None)
             return
-        # Usage sits in the last chunks; parse after the client has it all (the text only if the evaluator asks).
-        answer = parse_sse_usage(stats.chunks)
+        # Usage sits in the last chunks; read after the client has it all (the text only if the evaluator asks).
+        prompt, completion = sse_usage(stats.chunks)
         p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds + stats.upstream_wait_s,
-                  answer, None, None, stats.ttft_s, span, stats.chunks)
+                  prompt, completion, None, None, None, stats.ttft_s, span, stats.chunks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
-    relay_task = asyncio.current_task()
+    relay_task = asyncio.current_task(watch.loop)
     watcher: asyncio.Task | None = None
 
     def start_watching() -> None:
@@ -59,43 +60,45 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
 
     watch.add(id(stats), start_watching)
     perf = time.perf_counter
-    ttft_obs = series.ttft.observe
-    gap_obs = series.inter_token.observe
+    # Inter-token gaps go straight into the histogram's buckets (a method call per chunk costs more than the
+    # update); their sum and the upstream wait are added up locally and stored once, in `finally`.
+    gaps = series.inter_token
+    gap_bounds, gap_counts = gaps.bounds, gaps.counts
+    gap_sum = 0.0
+    waited_s = 0.0
     last = 0.0
     try:
-        it = stream.chunks().__aiter__()
-        while True:
-            waited = perf()
-            try:
-                chunk = await it.__anext__()
-            except StopAsyncIteration:
-                break
+        waited = perf()
+        async for chunk in stream.chunks():
             now = perf()
-            stats.upstream_wait_s += now - waited
-            if stats.ttft_s is None:
-                stats.ttft_s = now - t_start
-                ttft_obs(stats.ttft_s)
+            waited_s += now - waited
+            if last:
+                gap_counts[bisect_left(gap_bounds, now - last)] += 1
+                gap_sum += now - last
             else:
-                gap_obs(now - last)
+                stats.ttft_s = now - t_start
+                series.ttft.observe(stats.ttft_s)
             last = now
             keep(chunk)
-            done = b"[DONE]" in chunk[-16:]
+            done = chunk.find(b"[DONE]", -16) >= 0
             if strip is not None:
                 chunk = strip.feed(chunk)
                 if not chunk:
+                    waited = perf()
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if done:
                 # Clients (the openai SDK among them) may hang up right after [DONE], before the upstream's
                 # EOF: the answer is complete all the same.
                 stats.completed = True
+            waited = perf()
         if strip is not None and (tail := strip.flush()):
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         stats.completed = True
     except asyncio.CancelledError:
         if not stats.client_disconnected:
             raise
-        asyncio.current_task().uncancel()
+        relay_task.uncancel()
     except UpstreamError as exc:
         stats.error = exc.message
         if not stats.completed:  # after [DONE] the client has its whole answer: nothing to add
@@ -105,6 +108,8 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 err = strip.flush() + err  # what the client would have had of an unfinished event
             await send({"type": "http.response.body", "body": err, "more_body": True})
     finally:
+        stats.upstream_wait_s = waited_s
+        gaps.sum += gap_sum
         stream.close()
         watch.discard(id(stats))
         if watcher is not None and not watcher.done():

@@ -144,6 +144,7 @@ class OpenAIUpstream:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        self._first_byte.bind(asyncio.get_running_loop())  # the session's loop
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=30.0, ttl_dns_cache=300)
         # No cookie jar: an upstream is an API, not a browser session, and this one session carries every
         # request. A load balancer's affinity cookie (ingress-nginx, AWS ALB) in front of several vLLM replicas
@@ -159,7 +160,7 @@ class OpenAIUpstream:
     async def _send(self, endpoint: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """The response once its headers are in, within first_byte_s: our own deadline, not aiohttp's sock_read
         (DelayedCalls: one loop timer for all requests). A cancellation by anything else stays a cancellation."""
-        deadline = Deadline()
+        deadline = Deadline(self._first_byte.loop)
         self._first_byte.add(id(deadline), deadline)
         try:
             return await self.session.post(self._urls[endpoint], data=body, headers=headers)

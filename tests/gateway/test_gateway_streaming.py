@@ -215,3 +215,27 @@ def test_delayed_calls_fire_only_keys_still_registered_after_the_delay() -> None
     assert [name for name, _ in started] == ["a", "late", "after-idle"]
     a, late = started[0][1], started[1][1]
     assert 0.045 <= a < 0.15 and late - a >= 0.015  # each at its own deadline, not both at the first
+
+
+def test_delayed_calls_bound_to_another_loop_fire_on_it() -> None:
+    """An app served again (a new lifespan, a new loop) binds its DelayedCalls to the new loop: a timer
+    left pending on the old, closed loop must not keep new keys from ever firing."""
+    from gateway.delayed_calls import Deadline, DelayedCalls
+
+    watch = DelayedCalls(after_s=0.01)
+    fired: list[int] = []
+
+    async def first() -> None:
+        watch.add(1, lambda: fired.append(1))  # its loop closes before the timer is due
+
+    async def second() -> bool:
+        loop = asyncio.get_running_loop()
+        watch.bind(loop)
+        deadline = Deadline(watch.loop)
+        watch.add(2, lambda: fired.append(2))
+        await asyncio.sleep(0.1)
+        return deadline.task is asyncio.current_task()
+
+    asyncio.run(first())
+    assert asyncio.run(second())
+    assert fired == [2]

@@ -221,22 +221,35 @@ def test_authenticator_remembers_a_valid_header_but_never_an_invalid_one() -> No
     assert ("Bearer sk-bad", None) not in auth._seen
 
 
-def test_parse_sse_usage_reads_the_last_usage_object_only() -> None:
-    from gateway.exchange import parse_sse_usage
+def test_sse_usage_reads_the_last_usage_object_only() -> None:
+    from gateway.exchange import sse_usage
 
     events = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n',
               b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n',
               b"data: [DONE]\n\n"]
-    whole = parse_sse_usage([b"".join(events)])
-    assert (whole.prompt_tokens, whole.completion_tokens) == (5, 2)
-    assert whole == parse_sse_usage([e for e in events]) == parse_sse_usage([b"".join(events)[:40], b"".join(events)[40:]])
+    whole = sse_usage([b"".join(events)])
+    assert whole == (5, 2)
+    # the same whether the usage event came in one read, its own read, or split across two
+    assert whole == sse_usage([e for e in events]) == sse_usage([b"".join(events)[:40], b"".join(events)[40:]])
     full = parse_sse([b"".join(events)])
-    assert (full.prompt_tokens, full.completion_tokens) == (whole.prompt_tokens, whole.completion_tokens)
+    assert (full.prompt_tokens, full.completion_tokens) == whole
     # `"usage"` inside the text, null usage, and no usage at all: no tokens, no error
-    assert parse_sse_usage([b'data: {"choices":[{"delta":{"content":"\\"usage\\": 3"}}],"usage":null}\n\n',
-                            b"data: [DONE]\n\n"]).prompt_tokens is None
-    assert parse_sse_usage([b"data: [DONE]\n\n"]).completion_tokens is None
-    assert parse_sse_usage([]).prompt_tokens is None
+    assert sse_usage([b'data: {"choices":[{"delta":{"content":"\\"usage\\": 3"}}],"usage":null}\n\n',
+                      b"data: [DONE]\n\n"]) == (None, None)
+    assert sse_usage([b"data: [DONE]\n\n"]) == (None, None)
+    assert sse_usage([]) == (None, None)
+    # an earlier usage object counts when a later event is not a JSON object or is malformed
+    assert sse_usage([events[1] + b'data: ["usage"]\n\n' + b'data: {"usage": {"prompt_tokens": 1,\n\n']) == (5, 2)
+    # counts that are not integers are not counts
+    assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":"5","completion_tokens":2}}\n\n']) == (None, 2)
+
+
+def test_answer_tokens_come_from_the_parsed_answer_or_the_usage_object() -> None:
+    from gateway.exchange import ParsedAnswer, answer_tokens
+
+    assert answer_tokens(ParsedAnswer(prompt_tokens=3, completion_tokens=4), {"usage": {"prompt_tokens": 9}}) == (3, 4)
+    assert answer_tokens(None, {"usage": {"prompt_tokens": 9, "completion_tokens": 1.5}}) == (9, None)
+    assert answer_tokens(None, {"usage": None}) == answer_tokens(None, None) == (None, None)
 
 
 def test_request_body_is_the_json_for_the_upstream_in_an_allocation_of_its_own_size():
