@@ -163,6 +163,12 @@ def test_usage_stripper_removes_only_what_include_usage_added_at_any_read_bounda
             assert s.feed(stream[:i]) + s.feed(stream[i:j]) + s.feed(stream[j:]) + s.flush() == expected, (i, j)
     s = UsageStripper()  # an unfinished last event is passed on as it is when the upstream stops
     assert s.feed(b"data: {\"a\":1}\n\ndata: {\"b\"") == b"data: {\"a\":1}\n\n" and s.flush() == b"data: {\"b\""
+    # Reads of whole events without usage (most of a stream) are passed on as they are, not cut up and joined
+    whole = b': keep-alive\n\ndata: {"id":"c","choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\r\n'
+    assert UsageStripper().feed(whole) is whole
+    # OpenAI's null member last in the object is cut there, even when a nested member looks the same
+    nested = b'data: {"choices":[{"index":0,"delta":{"content":"q"},"usage":null}],"usage":null}\n\n'
+    assert UsageStripper().feed(nested) == b'data: {"choices":[{"index":0,"delta":{"content":"q"},"usage":null}]}\n\n'
 
 
 def test_cascade_student_payload_forwards_malformed_logprob_fields_as_sent():
