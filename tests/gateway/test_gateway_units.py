@@ -248,6 +248,14 @@ def test_sse_usage_reads_the_last_usage_object_only() -> None:
     assert sse_usage([events[1] + b'data: ["usage"]\n\n' + b'data: {"usage": {"prompt_tokens": 1,\n\n']) == (5, 2)
     # counts that are not integers are not counts
     assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":"5","completion_tokens":2}}\n\n']) == (None, 2)
+    # details objects inside usage, a brace in a string, a nested "usage" that is not the top-level member,
+    # CRLF framing: the top-level usage's counts all the same
+    assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,'
+                      b'"prompt_tokens_details":{"cached_tokens":0}}}\n\n']) == (5, 2)
+    assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":5,"note":"}","completion_tokens":2}}\n\n']) == (5, 2)
+    assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2},'
+                      b'"x":{"usage":{"prompt_tokens":9}}}\n\n']) == (5, 2)
+    assert sse_usage([b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\r\n\r\n']) == (4, 3)
 
 
 def test_answer_tokens_come_from_the_parsed_answer_or_the_usage_object() -> None:
