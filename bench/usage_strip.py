@@ -9,7 +9,7 @@ Baseline in the same process: the same reads through the general path (every rea
 their terminators, every event with usage parsed with orjson), which is what every read took before the
 shortcuts. Output bytes are checked equal before anything is timed.
 
-    python bench/usage_strip.py [--tokens 200] [--repeat 7]
+    python bench/usage_strip.py [--tokens 200] [--repeat 7] [--name usage_strip]
 """
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=200, help="content chunks per stream")
     p.add_argument("--repeat", type=int, default=7, help="timed repetitions (best is kept)")
+    p.add_argument("--name", default="usage_strip", help="results file stem under bench/results/")
     args = p.parse_args(argv)
     report = Report("UsageStripper: CPU per relayed read (one event per read)",
                     ["upstream style", "general path us/read", "UsageStripper us/read", "ratio", "us saved per stream"])
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         report.rows.append([style, fmt(base, 3), fmt(new, 3), fmt(new / base), fmt((base - new) * len(data), 0)])
     report.notes.append(f"python bench/usage_strip.py --tokens {args.tokens} --repeat {args.repeat}; best of "
                         f"{args.repeat} x 20 streams of {args.tokens + 3} reads")
-    report.print(Console())
+    report.publish(Console(), args.name)
     return 0
 
 
