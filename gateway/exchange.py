@@ -37,12 +37,21 @@ def _completion_logprobs(lp: Any, tokens: list[float], tops: list[dict[str, floa
     tops.extend({k: float(v) for k, v in d.items()} for d in lp.get("top_logprobs") or () if isinstance(d, dict))
 
 
+def usage_tokens(usage: Any) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of an OpenAI `usage` member; a count that is not an integer is None."""
+    if not isinstance(usage, dict):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None), (completion if isinstance(completion, int) else None)
+
+
 def _usage(answer: ParsedAnswer, usage: Any) -> None:
-    if isinstance(usage, dict):
-        if isinstance(usage.get("prompt_tokens"), int):
-            answer.prompt_tokens = usage["prompt_tokens"]
-        if isinstance(usage.get("completion_tokens"), int):
-            answer.completion_tokens = usage["completion_tokens"]
+    """The counts `usage` has, set on `answer` (a later event without them keeps what an earlier one said)."""
+    prompt, completion = usage_tokens(usage)
+    if prompt is not None:
+        answer.prompt_tokens = prompt
+    if completion is not None:
+        answer.completion_tokens = completion
 
 
 def parse_response(doc: dict[str, Any]) -> ParsedAnswer:
@@ -113,19 +122,12 @@ def parse_sse(chunks: Iterable[bytes]) -> ParsedAnswer:
     return answer
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) else None
-
-
 def answer_tokens(answer: ParsedAnswer | None, doc: dict[str, Any] | None) -> tuple[int | None, int | None]:
-    """(prompt_tokens, completion_tokens) of a JSON answer: from `answer` when it was parsed already, else
-    from the response document's usage."""
+    """(prompt_tokens, completion_tokens) of a JSON answer: from `answer` when it was parsed already (its
+    counts went through usage_tokens), else from the response document's usage."""
     if answer is not None:
-        return _int_or_none(answer.prompt_tokens), _int_or_none(answer.completion_tokens)
-    usage = doc.get("usage") if doc is not None else None
-    if not isinstance(usage, dict):
-        return None, None
-    return _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+        return answer.prompt_tokens, answer.completion_tokens
+    return usage_tokens(doc.get("usage") if doc is not None else None)
 
 
 def _last_usage(tail: bytes) -> tuple[int | None, int | None] | None:
@@ -141,7 +143,7 @@ def _last_usage(tail: bytes) -> tuple[int | None, int | None] | None:
         except (orjson.JSONDecodeError, AttributeError):  # a malformed event, or JSON that is not an object
             usage = None
         if isinstance(usage, dict):
-            return _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+            return usage_tokens(usage)
         at = tail.rfind(b'"usage"', 0, start)  # `"usage"` inside a text, or `"usage": null`: look further back
     return None
 

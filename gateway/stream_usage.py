@@ -21,7 +21,7 @@ _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
 # The same member last in the object, where OpenAI writes it: a member just before the closing brace that
 # ends the JSON text is a member of the top-level object.
-_NULL_USAGE_LAST = (b',"usage":null}', b', "usage": null}')
+_NULL_USAGE_LAST = tuple(member + b"}" for member in _NULL_USAGE[:2])
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
@@ -89,9 +89,9 @@ class UsageStripper:
     def feed(self, data: bytes) -> bytes:
         if not self._pending and data.endswith(_EVENT_ENDS) and b'"usage"' not in data:
             return data  # whole events, none with usage (most reads of a stream): nothing to cut or to keep
-        return self.split(data)
+        return self._split(data)
 
-    def split(self, data: bytes) -> bytes:
+    def _split(self, data: bytes) -> bytes:
         """feed() without its shortcut: every read cut into events."""
         buf = self._pending + data if self._pending else data
         if b"\r" not in buf:
