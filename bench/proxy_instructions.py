@@ -15,7 +15,7 @@ are not in it. Background work is rate-based (drift windows keep at most max_obs
 at most served_max_per_s rows a second) and valgrind serves ~100 requests a second, so those caps are
 scaled down to keep the share of requests bench/gateway_overhead.py's gateway sees at --reference-rps,
 and the re-distillation watcher's and promotion controller's 5 s ticks are stretched by the same factor. With --cache-ll-kib K callgrind
-also simulates the caches (last level K KiB) and the table adds last-level misses per request.
+also simulates the caches (last level K KiB) and the table adds first- and last-level misses per request.
 
     python bench/proxy_instructions.py [--requests 1000] [--connections 1]   # needs valgrind and gcc
     python bench/proxy_instructions.py --connections 16 --modes json --cache-ll-kib 1024
@@ -144,9 +144,9 @@ def _helper(work: Path) -> Path:
 
 
 def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, warm: int, n: int,
-            connections: int, caps: dict, valgrind: str, cache_ll: int | None) -> tuple[float, float, float | None]:
-    """(instructions per request, valgrind's request rate, last-level cache misses per request when
-    `cache_ll` (bytes) asks for callgrind's cache simulation) for one target and mode."""
+            connections: int, caps: dict, valgrind: str, cache_ll: int | None) -> tuple[float, float, dict | None]:
+    """(instructions per request, valgrind's request rate, cache misses per request when `cache_ll` (bytes)
+    asks for callgrind's cache simulation: {"l1": first-level, "ll": last-level}) for one target and mode."""
     port = free_port()
     out = work / f"{target}-{mode}"
     out.mkdir()
@@ -176,8 +176,22 @@ def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, 
     if found is None or events is None:
         raise RuntimeError(f"no totals in {dumps[0]}")
     counts = dict(zip(events.group(1).split(), map(int, found.group(1).split())))
-    misses = sum(counts[e] for e in ("ILmr", "DLmr", "DLmw")) / n if cache_ll else None
+    misses = {"l1": sum(counts[e] for e in ("I1mr", "D1mr", "D1mw")) / n,
+              "ll": sum(counts[e] for e in ("ILmr", "DLmr", "DLmw")) / n} if cache_ll else None
     return counts["Ir"] / n, float(rate.group(1)) if rate else float("nan"), misses
+
+
+def _scaled_defaults(scale: float) -> dict[str, float]:
+    """The rate caps and periods `distillgate serve` runs with by default, scaled to valgrind's request rate
+    (read from the settings models, so the bench follows their defaults)."""
+    from evaluator.settings import DriftSettings, StoreSettings
+    from redistill.settings import PromoteSettings, WatcherSettings
+
+    drift = DriftSettings().max_observed_per_s
+    store = StoreSettings(url="sqlite://")
+    return {"drift": (drift or 1e9) * scale, "store": (store.served_max_per_s or 1e9) * scale,
+            "flush_s": store.flush_interval_s / scale,
+            "watcher_s": min(WatcherSettings().interval_s, PromoteSettings().interval_s) / scale}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs valgrind (with its callgrind.h) and gcc: apt-get install valgrind gcc", file=sys.stderr)
         return 2
     scale = args.valgrind_rps / args.reference_rps
-    # The evaluator's defaults (evaluator.settings), scaled to valgrind's rate.
-    caps = {"drift": 100.0 * scale, "store": 10.0 * scale, "flush_s": 0.2 / scale, "watcher_s": 5.0 / scale}
+    caps = _scaled_defaults(scale)
     console = Console()
     targets = [t for t in args.targets.split(",") if t]
     modes = [m for m in args.modes.split(",") if m]
@@ -228,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                                                     connections=args.connections, caps=caps, valgrind=valgrind,
                                                     cache_ll=args.cache_ll_kib * 1024 or None)
                 rows.append({"target": target, "mode": mode, "instructions": per_request, "valgrind_rps": rate,
-                             "ll_misses": misses})
+                             "l1_misses": misses and misses["l1"], "ll_misses": misses and misses["ll"]})
     finally:
         stop_all(running)
     floor = {r["mode"]: r for r in rows if r["target"] == "floor"}
     columns = ["target", "scenario", "instructions/request", "÷ floor", "added over floor", "valgrind req/s"]
     if args.cache_ll_kib:
-        columns += [f"LL misses/request ({args.cache_ll_kib} KiB)", "÷ floor"]
+        columns += ["L1 misses/request", "÷ floor", f"LL misses/request ({args.cache_ll_kib} KiB)", "÷ floor"]
     report = Report(f"instructions per request, whole server process (valgrind; {args.requests} requests, "
                     f"C={args.connections})", columns, raw={"args": vars(args), "caps": caps, "rows": rows})
     for r in rows:
@@ -242,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         row = [r["target"], r["mode"], fmt(r["instructions"], 0), fmt(safe_div(r["instructions"], base.get("instructions")), 3),
                fmt(r["instructions"] - base["instructions"] if base else None, 0), fmt(r["valgrind_rps"], 0)]
         if args.cache_ll_kib:
-            row += [fmt(r["ll_misses"], 0), fmt(safe_div(r["ll_misses"], base.get("ll_misses")), 3)]
+            row += [fmt(r["l1_misses"], 0), fmt(safe_div(r["l1_misses"], base.get("l1_misses")), 3),
+                    fmt(r["ll_misses"], 0), fmt(safe_div(r["ll_misses"], base.get("ll_misses")), 3)]
         report.rows.append(row)
     cache_flag = f" --cache-ll-kib {args.cache_ll_kib}" if args.cache_ll_kib else ""
     report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}{cache_flag}; "
