@@ -7,8 +7,9 @@ own wrk at the same time, all servers pinned to the proxy core, so whatever spee
 second, it has for all of them: the ratio of their CPU per request repeats to about +/-0.02.
 
 What that costs: the servers take turns on one core and share its caches, a harder condition than running
-alone, and it weighs more on the process with the larger working set (the gateway). Read the ratio as a
-repeatable, pessimistic figure next to gateway_overhead.py's, not instead of it.
+alone that could weigh more on the process with the larger working set (the gateway). Measured alone, one
+after another in alternating order (2026-11-30, README), the medians were the same with ten times the
+spread. Read the ratio next to gateway_overhead.py's, not instead of it.
 
     python bench/paired_cpu.py                       # json + stream at C=1/16/64, 5 rounds x 5 s
     python bench/paired_cpu.py --with-plain --connections 16 --modes json
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"load average at start {load1:.2f}")
     report.notes.append("every server pinned to core 0 and loaded at the same moment by its own wrk (core 1): a "
                         "ratio within one round sees one machine speed; sharing the core and its caches weighs "
-                        "more on the larger process, so these ratios are pessimistic for the gateway")
+                        "more on the larger process (alone in alternating order the medians were the same, README)")
     report.notes.append("gateway: auth, routing, metrics, evaluator (shadow offer at rate 0, drift, store); "
                         "gateway-plain: the same with evaluator.enabled: false")
     report.publish(console, args.name, logs=work)
