@@ -258,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             row += [fmt(r["l1_misses"], 0), fmt(safe_div(r["l1_misses"], base.get("l1_misses")), 3),
                     fmt(r["ll_misses"], 0), fmt(safe_div(r["ll_misses"], base.get("ll_misses")), 3)]
         report.rows.append(row)
-    cache_flag = f" --cache-ll-kib {args.cache_ll_kib}" if args.cache_ll_kib else ""
-    report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}{cache_flag}; "
+    # The command as given, so a results file says what produced it (flags left at their defaults omitted).
+    flags = "".join(f" --{name.replace('_', '-')} {value}" for name, value, default in (
+        ("modes", args.modes, ",".join(MODES)), ("targets", args.targets, ",".join(TARGETS)),
+        ("cache_ll_kib", args.cache_ll_kib, 0), ("name", args.name, "proxy_instructions")) if value != default)
+    report.notes.append(f"python bench/proxy_instructions.py --requests {args.requests} --connections {args.connections}{flags}; "
                         f"evaluator caps scaled to {args.valgrind_rps:g} req/s under valgrind: {caps} (a slower run "
                         "keeps a larger share of requests in the drift window and the store, and counts more)")
     report.publish(console, args.name)
