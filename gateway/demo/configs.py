@@ -87,8 +87,10 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
                             "interval_s": 1.0},
             },
             "dataset": {"since_s": 3600, "dedup": "exact", "heldout_fraction": 0.2},
+            # 5e-3, not 1e-2: on one stored e2e dataset, retrained with 12 seeds, 1e-2 left 3 candidates under the
+            # gate's 0.9 retention (noisy validation loss stopped them early); 5e-3 kept all 11 tried >= 0.939.
             "train": {"method": "lora", "epochs": plan.train_epochs, "batch_size": 32, "max_length": 96,
-                      "learning_rate": 1e-2, "lora_r": 16, "lora_alpha": 32, "device": plan.device, "dtype": plan.dtype},
+                      "learning_rate": 5e-3, "lora_r": 16, "lora_alpha": 32, "device": plan.device, "dtype": plan.dtype},
             "gate": {"retention_threshold": 0.9, "max_examples": 150},
             "promote": {"canary_percent": 25.0, "shadow_min_samples": 20, "canary_min_samples": 20,
                         "stage_timeout_s": 300.0, "skip_shadow": True},
