@@ -26,7 +26,7 @@ from rich.progress import Progress  # noqa: E402
 from bench.gateway_metrics import scrape, shadow_note  # noqa: E402
 from bench.load import RunResult, TtftResult, chat_body, measure_ttft, run_wrk  # noqa: E402
 from bench.proctree import sample, wait_quiet  # noqa: E402
-from bench.report import Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
+from bench.report import RESULTS, Ratio, Report, fmt, median_or_none, safe_div  # noqa: E402
 from bench.targets import (  # noqa: E402
     BENCH_KEY, Target, TargetUnavailable, prepare_load_run, stop_all, start_floor, start_gateway, start_litellm,
     start_nginx, start_upstream,
@@ -175,7 +175,31 @@ def main(argv: list[str] | None = None) -> int:
         stop_all(running)
     report = build_report(args, cells, results, ttft, soak, counters, skipped, load1)
     report.publish(console, args.name, logs=work)
+    if soak:
+        console.print(f"wrote {plot_soak_rss({n: s.rss_samples_mb for n, s in soak.items()}, args.name)}")
     return 0
+
+
+def plot_soak_rss(samples_mb: dict[str, list[float]], stem: str) -> Path:
+    """results/<stem>-soak-rss.png: each soaked target's process-tree RSS, one sample a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for name, mb in samples_mb.items():
+        ax.plot(range(1, len(mb) + 1), mb, label=f"{name} ({mb[0]:.1f} → {mb[-1]:.1f} MB)" if mb else name)
+    ax.set_xlabel("seconds of load (16 connections)")
+    ax.set_ylabel("RSS of the process tree (MB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right")
+    ax.set_title("RSS during the soak")
+    fig.tight_layout()
+    path = RESULTS / f"{stem}-soak-rss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _median(runs: list[RunResult], attr: str) -> float | None:
