@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ttft-gap-ms", type=int, default=2, help="gap between upstream SSE chunks in the TTFT probe")
     p.add_argument("--soak-duration", type=float, default=60.0, help="seconds of C=16 load watching RSS (0 = skip)")
     p.add_argument("--soak-targets", default="floor,gateway,gateway-nodrift")
+    p.add_argument("--soak-mode", choices=("json", "stream"), default="json", help="request kind the soak sends")
     p.add_argument("--gateway-shadow-rate", type=float, default=0.0,
                    help="shadow sampling in the gateway under test (the evaluator hand-off still runs on every request)")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core the proxy under test is pinned to")
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     if name in args.soak_targets:
                         progress.update(task, description=f"soak {name} {args.soak_duration:.0f}s")
-                        soak[name] = run_wrk(targets[name].url, chat_body(stream=False), connections=16,
+                        soak[name] = run_wrk(targets[name].url, chat_body(stream=args.soak_mode == "stream"), connections=16,
                                              duration_s=args.soak_duration, server_pid=targets[name].pid,
                                              load_cpu=args.load_cpu, key=BENCH_KEY)
                     progress.advance(task)
@@ -176,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(args, cells, results, ttft, soak, counters, skipped, load1)
     report.publish(console, args.name, logs=work)
     if soak:
-        console.print(f"wrote {plot_soak_rss({n: s.rss_samples_mb for n, s in soak.items()}, args.name)}")
+        console.print(f"wrote {plot_soak_rss({n: s.rss_samples_mb for n, s in soak.items()}, args.name, args.soak_mode)}")
     return 0
 
 
-def plot_soak_rss(samples_mb: dict[str, list[float]], stem: str) -> Path:
+def plot_soak_rss(samples_mb: dict[str, list[float]], stem: str, mode: str) -> Path:
     """results/<stem>-soak-rss.png: each soaked target's process-tree RSS, one sample a second."""
     import matplotlib
 
@@ -190,7 +191,7 @@ def plot_soak_rss(samples_mb: dict[str, list[float]], stem: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for name, mb in samples_mb.items():
         ax.plot(range(1, len(mb) + 1), mb, label=f"{name} ({mb[0]:.1f} → {mb[-1]:.1f} MB)" if mb else name)
-    ax.set_xlabel("seconds of load (16 connections)")
+    ax.set_xlabel(f"seconds of {mode} load (16 connections)")
     ax.set_ylabel("RSS of the process tree (MB)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right")
@@ -273,7 +274,7 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
     for name, run in soak.items():
         start, end = growth(run.rss_samples_mb)
         if start is not None:
-            r.append(Ratio(f"{name} RSS growth over {args.soak_duration:.0f}s soak (MB)", end - start, "flat: < 5 MB or 5 %",
+            r.append(Ratio(f"{name} RSS growth over {args.soak_duration:.0f}s {args.soak_mode} soak (MB)", end - start, "flat: < 5 MB or 5 %",
                            max(5.0, 0.05 * start), f"{start:.0f} → {end:.0f} MB, {run.requests:,} requests, "
                            f"CPU {fmt(run.cpu_ms_per_req, 3)} ms/req, p99 {run.p99_ms:.1f} ms"))
     report.notes.append(f"proxy pinned to core {args.proxy_cpu}; wrk, fake upstream and TTFT client on core "
