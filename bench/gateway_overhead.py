@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ttft-gap-ms", type=int, default=2, help="gap between upstream SSE chunks in the TTFT probe")
     p.add_argument("--soak-duration", type=float, default=60.0, help="seconds of C=16 load watching RSS (0 = skip)")
     p.add_argument("--soak-targets", default="floor,gateway,gateway-nodrift")
-    p.add_argument("--soak-mode", choices=("json", "stream"), default="json", help="request kind the soak sends")
+    p.add_argument("--soak-mode", choices=("json", "stream"), default="json",
+                   help="request kind the soak sends")
     p.add_argument("--gateway-shadow-rate", type=float, default=0.0,
                    help="shadow sampling in the gateway under test (the evaluator hand-off still runs on every request)")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core the proxy under test is pinned to")
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     if name in args.soak_targets:
                         progress.update(task, description=f"soak {name} {args.soak_duration:.0f}s")
-                        soak[name] = run_wrk(targets[name].url, chat_body(stream=args.soak_mode == "stream"), connections=16,
-                                             duration_s=args.soak_duration, server_pid=targets[name].pid,
+                        soak[name] = run_wrk(targets[name].url, chat_body(stream=args.soak_mode == "stream"),
+                                             connections=16, duration_s=args.soak_duration, server_pid=targets[name].pid,
                                              load_cpu=args.load_cpu, key=BENCH_KEY)
                     progress.advance(task)
         counters = scrape(targets["gateway"].base_url) if "gateway" in targets else {}
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(args, cells, results, ttft, soak, counters, skipped, load1)
     report.publish(console, args.name, logs=work)
     if soak:
-        console.print(f"wrote {plot_soak_rss({n: s.rss_samples_mb for n, s in soak.items()}, args.name, args.soak_mode)}")
+        plot = plot_soak_rss({n: s.rss_samples_mb for n, s in soak.items()}, args.name, args.soak_mode)
+        console.print(f"wrote {plot}")
     return 0
 
 
@@ -274,8 +276,9 @@ def build_report(args, cells, results, ttft, soak, counters, skipped, load1) -> 
     for name, run in soak.items():
         start, end = growth(run.rss_samples_mb)
         if start is not None:
-            r.append(Ratio(f"{name} RSS growth over {args.soak_duration:.0f}s {args.soak_mode} soak (MB)", end - start, "flat: < 5 MB or 5 %",
-                           max(5.0, 0.05 * start), f"{start:.0f} → {end:.0f} MB, {run.requests:,} requests, "
+            r.append(Ratio(f"{name} RSS growth over {args.soak_duration:.0f}s {args.soak_mode} soak (MB)", end - start,
+                           "flat: < 5 MB or 5 %", max(5.0, 0.05 * start),
+                           f"{start:.0f} → {end:.0f} MB, {run.requests:,} requests, "
                            f"CPU {fmt(run.cpu_ms_per_req, 3)} ms/req, p99 {run.p99_ms:.1f} ms"))
     report.notes.append(f"proxy pinned to core {args.proxy_cpu}; wrk, fake upstream and TTFT client on core "
                         f"{args.load_cpu}; load average at start {load1:.2f} (other work on this machine adds noise)")
