@@ -41,6 +41,7 @@ def run_server(app: Any, config: DistillgateConfig, *, host: str | None = None, 
         http="httptools",
         access_log=False,  # the gateway's own sampled access log (server.access_log) replaces uvicorn's
         proxy_headers=config.server.proxy_headers,
+        server_header=config.server.server_header,
         log_level=log_level,
         timeout_graceful_shutdown=config.evaluator.drain_timeout_s + 5,
     )

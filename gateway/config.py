@@ -157,6 +157,8 @@ class ServerSettings(_Strict):
     registry_poll_s: float = Field(2.0, gt=0, description="how often routing re-reads active versions")
     proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto (uvicorn's proxy-headers middleware, "
                                                    "a per-request cost): only behind a proxy that sets them")
+    server_header: bool = Field(False, description="send uvicorn's `server: uvicorn` response header (off: it tells "
+                                                   "scanners what runs here, and uvicorn validates it on every response)")
 
 
 class TracingSettings(_Strict):

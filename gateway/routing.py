@@ -148,6 +148,7 @@ class ModelRouter:
         if active is None:  # no registry versions: the base student, nothing to draw
             return self._base_student[reason]
         if active.canary is None:  # no canary to split off: the live version, nothing to draw either
-            return self._decision("student", self.canary.live(active), reason)
+            live = active.live
+            return self._base_student[reason] if live is None else self._decision("student", live.id, reason)
         u = self.sticky.unit(headers, body, "canary:") if sticky_u is not None else self._rng()
         return self._decision("student", self.canary.pick(active, u if u is not None else self._rng()), reason)

@@ -96,8 +96,10 @@ def test_serve_runs_the_gateway(tmp_path, student, teacher):
             assert time.monotonic() < deadline, "gateway did not come up"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=USER_KEY)
-        reply = client.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
-        assert reply.choices[0].message.content == "student says hi"
+        raw = client.chat.completions.with_raw_response.create(model="support", messages=[{"role": "user", "content": "x"}])
+        assert raw.parse().choices[0].message.content == "student says hi"
+        assert "server" not in raw.headers  # server.server_header: false by default (uvicorn's would say "uvicorn")
+        assert "date" in raw.headers
     finally:
         proc.terminate()
         try:
