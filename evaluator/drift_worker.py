@@ -8,8 +8,10 @@ Why not multiprocessing's pools: a spawned pool child first re-imports the paren
 gateway's CLI, ~20 MB of config models) and brings a resource-tracker process along; this child is
 `python -m evaluator.drift_worker`, importing only what a comparison needs. It talks over a socket pair
 with multiprocessing.connection's framing (pickled values): two windows of Observations in, a
-DriftSnapshot (or the child's error text) out. Started on the first comparison, kept, and replaced if
-it dies.
+DriftSnapshot (or the child's error text) out. Started by `warm()` when drift sees its first request
+(the child imports scipy and scikit-learn then, ~1.5 s of CPU, while the reference window fills: inside
+the first comparison those imports landed minutes into live traffic, on the gateway's core), or by the
+first comparison at the latest; kept, and replaced if it dies.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from evaluator.drift import Comparer, DriftSnapshot, LabelOf, Observation
+from evaluator.drift import Comparer, DriftSnapshot, LabelOf, Observation, preload_comparison_libraries
 from evaluator.settings import DriftSettings
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,17 @@ class DriftWorker:
                 self._proc.kill()
             self._proc.wait()
             self._proc = None
+
+    def warm(self) -> None:
+        """Starts the child now if it is not running (it imports its libraries at once); blocking: call it
+        from the drift thread. A failure is logged and left to the first comparison to retry."""
+        with self._lock:
+            if self._closed or self._conn is not None:
+                return
+            try:
+                self._start()
+            except OSError:
+                log.exception("could not start the drift worker process; the first comparison will retry")
 
     def compare(self, settings: DriftSettings, label_of: LabelOf | None, reference: Sequence[Observation],
                 current: Sequence[Observation]) -> DriftSnapshot:
@@ -110,6 +123,10 @@ class DriftWorker:
 
 def serve(conn: Connection) -> None:
     """The child's loop: one comparison per message until the parent closes its end."""
+    try:
+        preload_comparison_libraries()
+    except ImportError:  # the first comparison raises it again, with a traceback the parent logs
+        pass
     compare = Comparer()
     while True:
         try:

@@ -89,7 +89,8 @@ class Evaluator:
         self._drift_worker = DriftWorker() if settings.drift.isolation == "process" else None
         self._drift = DriftMonitor(settings.drift, label_of=self._label_extractor, on_result=self._export_drift,
                                    to_observation=observation_of,
-                                   compare=self._drift_worker.compare if self._drift_worker is not None else None)
+                                   compare=self._drift_worker.compare if self._drift_worker is not None else None,
+                                   warm=self._drift_worker.warm if self._drift_worker is not None else None)
         self._queue = ShadowQueue(settings.queue_size, settings.workers, self._shadow)
         self._retention_task: asyncio.Task[None] | None = None
         self._started = False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
@@ -300,3 +301,46 @@ def test_drift_worker_replaces_a_dead_child_and_passes_a_failed_comparison_back(
     finally:
         worker.close()
     assert worker.pid is None
+
+
+def test_drift_worker_warm_starts_the_child_once_and_comparisons_use_it() -> None:
+    from evaluator.drift_worker import DriftWorker
+
+    settings = DriftSettings(window_size=20, reference_size=20, min_samples=10)
+    obs = [Observation(f"prompt number {i}", "yes") for i in range(20)]
+    worker = DriftWorker()
+    try:
+        assert worker.pid is None
+        worker.warm()
+        pid = worker.pid
+        assert pid is not None
+        worker.warm()  # already running: the same child
+        assert worker.pid == pid
+        assert worker.compare(settings, None, obs, obs).n == 20
+        assert worker.pid == pid  # the comparison went to the warmed child
+    finally:
+        worker.close()
+    worker.warm()  # closed: nothing is started again
+    assert worker.pid is None
+
+
+def test_drift_monitor_warms_once_in_its_thread_on_the_first_item() -> None:
+    calls: list[str] = []
+    done = threading.Event()
+
+    def warm() -> None:
+        calls.append(threading.current_thread().name)
+        done.set()
+
+    monitor = DriftMonitor(DriftSettings(window_size=20, reference_size=20, min_samples=10), warm=warm)
+    try:
+        assert calls == []  # nothing before traffic
+        monitor.observe("a", Observation("first"))
+        assert done.wait(10)
+        for i in range(30):
+            monitor.observe("a" if i % 2 else "b", Observation(f"more {i}"))
+        monitor.wait_idle(10)
+        assert len(calls) == 1
+        assert calls[0] != threading.current_thread().name  # not on the caller's (the event loop's) thread
+    finally:
+        monitor.close()
