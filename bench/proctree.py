@@ -58,6 +58,29 @@ def sample(root: int) -> TreeSample:
     return TreeSample(cpu_ticks / _TICKS, rss_pages * _PAGE / 1e6, tuple(alive), root_pages * _PAGE / 1e6)
 
 
+def thread_cpu(root: int) -> dict[str, float]:
+    """CPU seconds of every thread in the tree, by label: the root's event-loop (main) thread, its other
+    threads, and each child process's threads together (the drift worker)."""
+    out: dict[str, float] = {}
+    for pid in descendants(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()
+            if pid != root:
+                label = f"child process {pid}"
+            else:
+                label = "main thread" if int(tid) == root else f"thread {tid}"
+            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 def wait_quiet(root: int, *, busy_below: float = 0.05, window_s: float = 0.5, timeout_s: float = 30.0) -> float:
     """Wait until the tree uses < `busy_below` of a core over `window_s` (background work after a run, such as
     a store writer's backlog, finished). Returns the seconds waited; gives up after `timeout_s`."""

@@ -24,6 +24,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.load import chat_body, run_wrk  # noqa: E402
+from bench.proctree import thread_cpu, wait_quiet  # noqa: E402
 from bench.report import RESULTS  # noqa: E402
 from bench.targets import (  # noqa: E402
     BENCH_KEY, Target, prepare_load_run, stop_all, start_gateway, start_upstream,
@@ -98,11 +99,14 @@ def main() -> int:
         running.append(gw)
         run_wrk(gw.url, body, connections=args.connections, duration_s=2, server_pid=None, load_cpu=args.load_cpu,
                 key=BENCH_KEY)
+        wait_quiet(gw.pid)  # what the warm-up started (the drift worker's imports) is not profiled
         spy = subprocess.Popen(["taskset", "-c", str(args.load_cpu), args.py_spy, "record", "-p", str(gw.pid),
                                 "-d", str(args.duration), "-r", "200", "-f", "raw", "-o", str(raw), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        threads_before = thread_cpu(gw.pid)
         result = run_wrk(gw.url, body, connections=args.connections, duration_s=args.duration + 1,
                          server_pid=gw.pid, load_cpu=args.load_cpu, key=BENCH_KEY)
+        threads_after = thread_cpu(gw.pid)
         spy.wait(timeout=60)
     finally:
         stop_all(running)
@@ -120,8 +124,16 @@ def main() -> int:
     t2.add_column("function (file)")
     for name, n in own.most_common(25):
         t2.add_row(f"{100 * n / total:.1f}", name)
+    t3 = Table(title="CPU by thread over the load (µs a request)")
+    t3.add_column("thread")
+    t3.add_column("µs/request", justify="right")
+    for label, after in sorted(threads_after.items(), key=lambda kv: -kv[1]):
+        used = after - threads_before.get(label, 0.0)
+        if used > 0 and result.requests:
+            t3.add_row(label, f"{1e6 * used / result.requests:.1f}")
     console.print(t1)
     console.print(t2)
+    console.print(t3)
     return 0
 
 
