@@ -18,9 +18,10 @@ class TreeSample:
     root_rss_mb: float = 0.0  # the root process alone (the gateway's serving process, without its drift worker)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """/proc's stat fields after comm for a process, or for one of its threads (`tid`)."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat").read_text()
     except OSError:
         return None
     # comm (field 2) may contain spaces; everything after the last ')' is space separated.
@@ -67,16 +68,14 @@ def thread_cpu(root: int) -> dict[str, float]:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        for tid in tids:
-            try:
-                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            except OSError:
+        for tid in map(int, tids):
+            fields = _stat_fields(pid, tid)
+            if not fields:
                 continue
-            fields = raw[raw.rindex(")") + 2 :].split()
             if pid != root:
                 label = f"child process {pid}"
             else:
-                label = "main thread" if int(tid) == root else f"thread {tid}"
+                label = "main thread" if tid == root else f"thread {tid}"
             out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
     return out
 
