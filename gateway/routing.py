@@ -148,7 +148,6 @@ class ModelRouter:
         if active is None:  # no registry versions: the base student, nothing to draw
             return self._base_student[reason]
         if active.canary is None:  # no canary to split off: the live version, nothing to draw either
-            live = active.live
-            return self._base_student[reason] if live is None else self._decision("student", live.id, reason)
+            return self._decision("student", self.canary.live(active), reason)
         u = self.sticky.unit(headers, body, "canary:") if sticky_u is not None else self._rng()
         return self._decision("student", self.canary.pick(active, u if u is not None else self._rng()), reason)
