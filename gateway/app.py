@@ -160,7 +160,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        proxy.disconnects.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        proxy.disconnects.bind(loop)
+        proxy.accounting.bind(loop)
         for upstream in upstreams.values():
             await upstream.start()
         ev = _build_evaluator(evaluator, config, call_other, metrics_registry)
@@ -189,6 +191,7 @@ def create_app(
         try:
             yield
         finally:
+            proxy.accounting.drain()  # requests answered in the loop's last iteration reach metrics and evaluator
             if owns_service and hasattr(service, "stop"):
                 await service.stop()
             await poller.stop()

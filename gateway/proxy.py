@@ -2,8 +2,8 @@
 
 Mounted inside the FastAPI app as plain ASGI callables (a FastAPI route costs ~0.2 ms more per request,
 MACHINE-FACTS). The body is parsed once with orjson; only `model` (and, for cascade, logprobs) is
-rewritten before forwarding. Everything after the last byte is sent (metrics, evaluator offer) runs
-after the client has its answer.
+rewritten before forwarding. Everything after the last byte is sent (metrics, token counts, evaluator
+offer) runs after the client has its answer, batched per event-loop iteration (gateway.loop_batch).
 
 Request ids: a client's `x-request-id` is used as ours (echoed, forwarded, stored) only when it is
 well formed (evaluator.records.well_formed_request_id: 1-64 visible ASCII characters); anything else is
@@ -44,6 +44,7 @@ from gateway.errors import (
     error_response_parts,
 )
 from gateway.exchange import LazyExchange, ParsedAnswer, answer_tokens, build_record, parse_response, sse_usage
+from gateway.loop_batch import LoopBatch
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.registry_poll import RegistryPoller
@@ -166,6 +167,7 @@ class Proxy:
         self.max_body = config.server.max_body_bytes
         self.ids = RequestIds()
         self.disconnects = DelayedCalls(WATCH_AFTER_S)
+        self.accounting = LoopBatch(self._account)
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
         self.cascades: dict[str, CascadePolicy] = {}
@@ -304,14 +306,32 @@ class Proxy:
     # ---- after the response: metrics, tokens, trace, log, evaluator ---------------------------------
 
     def _finish(self, t0: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
-                payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, prompt: int | None,
-                completion: int | None, answer: ParsedAnswer | None, doc: dict | None, answer_body: bytes | None,
-                ttft_s: float | None, span: Any, chunks: list[bytes] | None) -> None:
-        """Positional: called on every request (keywords cost a dict). `raw`: the request body `payload` was
-        parsed from; `prompt`, `completion`: the answer's token counts; `doc`: the upstream's JSON answer,
-        parsed from `answer_body`, or `answer`, when parsed already. `chunks`: a stream's relayed SSE, whose
-        full answer the evaluator assembles only if it needs it."""
+                payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None,
+                doc: dict | None, answer_body: bytes | None, ttft_s: float | None, span: Any,
+                chunks: list[bytes] | None) -> None:
+        """The response is complete: its duration is taken now, the rest (`_account`) runs with the other
+        requests that finished in this loop iteration (gateway.loop_batch). A traced request is accounted at
+        once, so its span ends with the response. Positional: called on every request (keywords cost a dict)."""
         total = time.perf_counter() - t0
+        if span is not None:
+            self._account(total, model, endpoint, key, rid, hdrs, payload, raw, outcome, upstream_s, answer, doc,
+                          answer_body, ttft_s, span, chunks)
+        else:
+            self.accounting.put((total, model, endpoint, key, rid, hdrs, payload, raw, outcome, upstream_s, answer,
+                                 doc, answer_body, ttft_s, None, chunks))
+
+    def _account(self, total: float, model: str, endpoint: str, key: KeyInfo, rid: str, hdrs: Mapping[str, str],
+                 payload: dict, raw: bytes, outcome: Outcome, upstream_s: float, answer: ParsedAnswer | None,
+                 doc: dict | None, answer_body: bytes | None, ttft_s: float | None, span: Any,
+                 chunks: list[bytes] | None) -> None:
+        """Metrics, token limits, trace, access log and the evaluator's hand-off for one answered request.
+        `raw`: the request body `payload` was parsed from; `doc`: the upstream's JSON answer, parsed from
+        `answer_body`, or `answer`, when parsed already. `chunks`: a stream's relayed SSE, whose usage is read
+        here and whose full answer the evaluator assembles only if it needs it."""
+        if chunks is not None:
+            prompt, completion = sse_usage(chunks)  # usage sits in the last chunks
+        else:
+            prompt, completion = answer_tokens(answer, doc)
         route = outcome.route
         self.metrics.series(model, route).answered(total, max(0.0, total - upstream_s), prompt or 0, completion or 0)
         if key.rate_limit.tokens_per_minute is not None:
@@ -489,9 +509,8 @@ class ProxyEndpoint:
             ],
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        prompt, completion = answer_tokens(answer, doc)
-        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds, prompt, completion,
-                  answer, doc, body, None, span, None)
+        p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds, answer, doc, body,
+                  None, span, None)
 
     async def _stream(self, t0, scope, receive, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs,
                       span) -> None:
@@ -520,7 +539,5 @@ class ProxyEndpoint:
                 Tracing.finish(span, response_model=outcome.decision.upstream_model, route=outcome.route,
                                status=499 if stats.client_disconnected else 502, input_tokens=None, output_tokens=None)
             return
-        # Usage sits in the last chunks; read after the client has it all (the text only if the evaluator asks).
-        prompt, completion = sse_usage(stats.chunks)
         p._finish(t0, model, self.endpoint, key, rid, hdrs, payload, raw, outcome, spent.seconds + stats.upstream_wait_s,
-                  prompt, completion, None, None, None, stats.ttft_s, span, stats.chunks)
+                  None, None, None, stats.ttft_s, span, stats.chunks)

@@ -8,6 +8,7 @@ The evaluator here is (except in the last test) a small recording stand-in that 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -218,3 +219,49 @@ def test_teacher_to_student_fallback_is_recorded_as_the_students_answer(make_con
         record = box["ev"].offered[0][0].record()
         # the evaluator reads "fallback" as a teacher answer: this one is the student's
         assert record.route == "student" and record.version == "base" and record.response_text == "student says hi"
+
+
+def test_a_request_answered_just_before_shutdown_reaches_metrics_and_the_evaluator_before_it_stops(make_config):
+    """The after-response work is batched per loop iteration (gateway.loop_batch); the lifespan's shutdown
+    runs what the loop's last iteration queued before the evaluator stops, so no answered request goes
+    uncounted. Driven in-process: the request's handler returns and the app shuts down with no loop
+    iteration in between."""
+    from gateway.app import create_app
+
+    class Recording:
+        def __init__(self) -> None:
+            self.ids: list[str] = []
+            self.ids_at_stop: list[str] | None = None
+
+        def served(self, record, escalated=False, key_name=None, confidence=None) -> bool:  # noqa: ANN001
+            self.ids.append(record.request_id)
+            return False
+
+        async def stop(self) -> None:
+            self.ids_at_stop = list(self.ids)
+
+    ev = Recording()
+    app = create_app(make_config(), evaluator=ev, redistill=False)
+    body = json.dumps(chat_body(model="support")).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [
+        (b"authorization", b"Bearer " + USER_KEY.encode()), (b"content-type", b"application/json"),
+        (b"x-request-id", b"last-before-shutdown")]}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def serve_one_then_stop() -> int:
+        async with app.router.lifespan_context(app):
+            await app.hot_routes["/v1/chat/completions"](scope, receive, send)
+            queued = len(app.state.proxy.accounting)
+        return queued
+
+    assert asyncio.run(serve_one_then_stop()) == 1  # queued, not yet handled, when shutdown began
+    assert sent[0]["status"] == 200
+    assert ev.ids_at_stop == ["last-before-shutdown"]
+    series = app.state.metrics.series("support", "student")
+    assert series.ok.value == 1 and series.completion_tokens.value > 0

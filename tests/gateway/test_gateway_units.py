@@ -308,3 +308,75 @@ def test_lazy_exchange_builds_the_same_record_from_its_bytes_or_from_parsed_obje
     assert replace(from_parsed, created_at=0.0) == replace(from_bytes, created_at=0.0)
     assert from_bytes.response_text == "hello" and from_bytes.request["max_tokens"] == 4
     assert given.record() is from_parsed  # built once
+
+
+def test_loop_batch_handles_one_iterations_items_together_in_order_in_the_next():
+    import asyncio
+
+    from gateway.loop_batch import LoopBatch
+
+    handled: list[tuple[int, str]] = []
+    drains: list[int] = []
+
+    class Counting(LoopBatch):
+        def drain(self) -> None:
+            drains.append(len(self))
+            super().drain()
+
+    async def main() -> None:
+        batch = Counting(lambda n, s: handled.append((n, s)))
+        for i in range(3):
+            batch.put((i, f"r{i}"))
+        assert handled == []  # nothing runs inside the request that queued it
+        await asyncio.sleep(0)
+        assert handled == [(0, "r0"), (1, "r1"), (2, "r2")]
+        assert drains == [3]  # one scheduled drain for the whole iteration
+        batch.put((3, "r3"))
+        await asyncio.sleep(0)
+        assert handled[-1] == (3, "r3") and drains == [3, 1]
+
+    asyncio.run(main())
+
+
+def test_loop_batch_logs_a_failing_item_and_still_handles_the_rest(caplog):
+    import asyncio
+
+    from gateway.loop_batch import LoopBatch
+
+    handled: list[int] = []
+
+    def handle(n: int) -> None:
+        if n == 1:
+            raise ValueError("bad item")
+        handled.append(n)
+
+    async def main() -> None:
+        batch = LoopBatch(handle)
+        for n in range(3):
+            batch.put((n,))
+        await asyncio.sleep(0)
+
+    with caplog.at_level("ERROR", logger="distillgate.gateway"):
+        asyncio.run(main())
+    assert handled == [0, 2]
+    assert "after-response work failed" in caplog.text and "bad item" in caplog.text
+
+
+def test_loop_batch_is_bounded_and_drain_leaves_nothing_queued():
+    import asyncio
+
+    from gateway.loop_batch import LoopBatch
+
+    handled: list[int] = []
+
+    async def main() -> None:
+        batch = LoopBatch(handled.append, limit=4)
+        for n in range(10):  # the loop never gets to its next iteration meanwhile
+            batch.put((n,))
+        assert handled == list(range(8)) and len(batch) == 2  # two full batches ran at once
+        batch.drain()  # e.g. at shutdown
+        assert handled == list(range(10)) and len(batch) == 0
+        await asyncio.sleep(0)  # the drain scheduled for the third batch finds nothing left
+        assert handled == list(range(10))
+
+    asyncio.run(main())
