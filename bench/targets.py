@@ -193,8 +193,10 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_rate: float,
-                  name: str = "gateway", overrides: dict | None = None, timeout_s: float = 300) -> Target:
-    """`overrides` are merged into the generated config (e.g. to switch one evaluator feature off)."""
+                  name: str = "gateway", overrides: dict | None = None, timeout_s: float = 300,
+                  source: Path = REPO) -> Target:
+    """`overrides` are merged into the generated config (e.g. to switch one evaluator feature off); `source`:
+    the source tree the gateway's code is imported from (another commit's worktree, for an A/B)."""
     try:
         import gateway.cli  # noqa: F401
     except ImportError as exc:
@@ -207,7 +209,7 @@ def start_gateway(work: Path, cpu: int, upstream: str, teacher: str, *, shadow_r
     cfg.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "gateway.cli", "--config", str(cfg), "serve", "--port", str(port)]
     env = {**os.environ, "DISTILLGATE_BENCH_KEY": BENCH_KEY}
-    proc = ManagedProcess(name, _pinned(cpu, argv), work / f"{name}.log", env=env, cwd=REPO, port=port, grace_s=30).start()
+    proc = ManagedProcess(name, _pinned(cpu, argv), work / f"{name}.log", env=env, cwd=source, port=port, grace_s=30).start()
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz", timeout_s, process=proc, interval_s=0.5)
     return Target(name, base, proc)
