@@ -4,8 +4,9 @@ What the gateway does after a response is complete (metrics, token counts, the e
 not change the client's answer, so it need not run the moment each response ends. Run per request, it
 runs between uvicorn's and aiohttp's code for other connections and finds its own code and data evicted
 from the core's caches each time; run over every request that finished in one loop iteration, the first
-item brings them in and the rest find them there. Measured with bench/paired_cpu.py's method (paired A/B,
-both start orders): ~3 % less gateway CPU per request at 16 and 64 connections (README, performance).
+item brings them in and the rest find them there. Measured with bench/paired_ab.py (floor and both gateways
+loaded together, both start orders): 2.6–5.5 % less gateway CPU per request at 16 and 64 connections
+(README, performance).
 
 Ordering: the drain is a call_soon callback, so it runs before the loop next polls for I/O: a client
 that sends its next request after reading a response finds the previous one accounted for.
