@@ -46,7 +46,11 @@ class LoopBatch:
             loop = self.loop
             if loop is None:
                 loop = self.loop = asyncio.get_running_loop()
-            loop.call_soon(self.drain)
+            try:
+                loop.call_soon(self.drain)
+            except RuntimeError:  # the bound loop is closed: an app driven again on a new loop, without its lifespan
+                loop = self.loop = asyncio.get_running_loop()
+                loop.call_soon(self.drain)
         items.append(item)
         if len(items) >= self._limit:
             self.drain()

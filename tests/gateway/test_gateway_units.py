@@ -380,3 +380,22 @@ def test_loop_batch_is_bounded_and_drain_leaves_nothing_queued():
         assert handled == list(range(10))
 
     asyncio.run(main())
+
+
+def test_loop_batch_bound_to_a_closed_loop_moves_to_the_running_one():
+    import asyncio
+
+    from gateway.loop_batch import LoopBatch
+
+    handled: list[int] = []
+    batch = LoopBatch(handled.append)
+    old = asyncio.new_event_loop()
+    batch.bind(old)
+    old.close()
+
+    async def main() -> None:
+        batch.put((1,))  # must not raise (the response is already sent when this runs)
+        await asyncio.sleep(0)
+        assert handled == [1] and batch.loop is asyncio.get_running_loop()
+
+    asyncio.run(main())
