@@ -26,8 +26,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from bench.load import chat_body  # noqa: E402
-from bench.paired_cpu import simultaneous  # noqa: E402
-from bench.proctree import wait_quiet  # noqa: E402
+from bench.paired_cpu import simultaneous, warm_up  # noqa: E402
 from bench.report import Report, fmt  # noqa: E402
 from bench.targets import REPO, Target, prepare_load_run, start_floor, start_gateway, start_upstream, stop_all  # noqa: E402
 
@@ -63,10 +62,7 @@ def one_order(order: tuple[str, str], trees: dict[str, Path], cells: list[tuple[
             targets[side] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url, shadow_rate=0.0,
                                           name=side, source=trees[side])
             running.append(targets[side])
-        for stream in (False, True):  # warm pools and lazy imports before anything counts
-            simultaneous(targets, chat_body(stream=stream), 16, 1.0, args.load_cpu)
-        for t in targets.values():
-            wait_quiet(t.pid)
+        warm_up(targets, args.load_cpu)
         for rnd in range(args.rounds):
             for mode, conns in cells:
                 progress.update(task, description=f"{order[0]} first: round {rnd + 1}/{args.rounds} {mode} C={conns}")

@@ -72,6 +72,15 @@ def simultaneous(targets: dict[str, Target], body: str, connections: int, durati
     return results
 
 
+def warm_up(targets: dict[str, Target], load_cpu: int) -> None:
+    """Warms pools and lazy imports (json and stream) before anything counts, then waits until every server is
+    idle again (what the warm-up started, such as the drift worker's imports, is not measured)."""
+    for stream in (False, True):
+        simultaneous(targets, chat_body(stream=stream), 16, 1.0, load_cpu)
+    for t in targets.values():
+        wait_quiet(t.pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -97,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 running.append(targets["gateway-plain"])
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("benchmark", total=1 + len(cells) * args.rounds)
-            for stream in (False, True):  # warm pools and lazy imports before anything counts
-                simultaneous(targets, chat_body(stream=stream), 16, 1.0, args.load_cpu)
-            for t in targets.values():
-                wait_quiet(t.pid)
+            warm_up(targets, args.load_cpu)
             progress.advance(task)
             for rnd in range(args.rounds):
                 for mode, conns in cells:
