@@ -160,9 +160,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loop = asyncio.get_running_loop()
-        proxy.disconnects.bind(loop)
-        proxy.accounting.bind(loop)
+        proxy.bind_loop(asyncio.get_running_loop())
         for upstream in upstreams.values():
             await upstream.start()
         ev = _build_evaluator(evaluator, config, call_other, metrics_registry)

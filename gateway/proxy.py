@@ -193,6 +193,12 @@ class Proxy:
         # Student answers of escalated requests, so the shadow call does not ask the student twice.
         self.escalated_students: OrderedDict[str, ExchangeRecord] = OrderedDict()
 
+    def bind_loop(self, loop: Any) -> None:
+        """The loop this app's lifespan runs on: the disconnect watch's timer and the after-response batch use it
+        (an app served again binds its new loop)."""
+        self.disconnects.bind(loop)
+        self.accounting.bind(loop)
+
     def endpoint(self, kind: str) -> "ProxyEndpoint":
         return ProxyEndpoint(self, kind)
 
