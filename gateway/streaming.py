@@ -8,6 +8,12 @@ disconnect in a stream's first 50 ms is still noticed at that point.
 Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
 ended. With a `strip` (gateway.stream_usage), the
 usage the gateway asked for on the client's behalf is removed from what the client receives.
+
+The read that ends with the `data: [DONE]` event also ends the response (one write for the event and the
+chunked body's terminator, where a relay that waits for the upstream's end of body writes the terminator
+apart: ~1 write in 4 a stream). The upstream is then read to its end so its connection goes back to the
+pool; one that lingers after [DONE] is cut by the disconnect watch, since a server's receive() reports
+`http.disconnect` once the response is complete (ASGI), within WATCH_AFTER_S or so.
 """
 from __future__ import annotations
 
@@ -25,6 +31,18 @@ from gateway.upstreams import UpstreamStream
 
 
 WATCH_AFTER_S = 0.05
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def _ends_with_done_event(chunks: list[bytes]) -> bool:
+    """Whether the last read ends with a whole `data: [DONE]` event: its line starts after a line break
+    (a raw line break cannot sit inside an SSE data line or a JSON string), in this read or the one before."""
+    last = chunks[-1]
+    if not last.endswith(_DONE_EVENT):
+        return False
+    if len(last) > len(_DONE_EVENT):
+        return last[-len(_DONE_EVENT) - 1] == 0x0A
+    return len(chunks) == 1 or chunks[-2].endswith(b"\n")
 
 
 @dataclass(slots=True)
@@ -67,9 +85,11 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
     gap_sum = 0.0
     waited_s = 0.0
     last = 0.0
+    ended = False  # the response was ended with the [DONE] event's read
+    reads = stream.chunks()
     try:
         waited = perf()
-        async for chunk in stream.chunks():
+        async for chunk in reads:
             now = perf()
             waited_s += now - waited
             if last:
@@ -86,15 +106,25 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 if not chunk:
                     waited = perf()
                     continue
+            if done and _ends_with_done_event(stats.chunks):
+                if strip is not None:
+                    chunk += strip.flush()
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                stats.completed = ended = True
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if done:
                 # Clients (the openai SDK among them) may hang up right after [DONE], before the upstream's
                 # EOF: the answer is complete all the same.
                 stats.completed = True
             waited = perf()
-        if strip is not None and (tail := strip.flush()):
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
-        stats.completed = True
+        if ended:
+            async for _ in reads:  # to the upstream's end of body (normally in the same read), for the pool
+                pass
+        else:
+            if strip is not None and (tail := strip.flush()):
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+            stats.completed = True
     except asyncio.CancelledError:
         if not stats.client_disconnected:
             raise
@@ -114,6 +144,6 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
         watch.discard(id(stats))
         if watcher is not None and not watcher.done():
             watcher.cancel()
-    if not stats.client_disconnected:
+    if not ended and not stats.client_disconnected:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     return stats

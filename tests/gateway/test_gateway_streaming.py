@@ -186,6 +186,44 @@ def test_client_hanging_up_right_after_done_is_a_complete_answer(make_config, st
         assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
 
 
+def test_the_done_event_ends_the_response_without_waiting_for_the_upstreams_end(make_config, student):
+    """A client reading to the end of the response (not hanging up at [DONE]) has it when [DONE] arrives:
+    the gateway ends the response with that read instead of waiting for the upstream's end of body, which
+    this upstream holds back for 30 s. The upstream is then let go (its connection dropped, not pooled)."""
+    student.linger_after_done_s = 30.0
+    with GatewayThread(make_config(), evaluator=False) as g:
+        timeout = httpx.Timeout(10.0, read=5.0)  # a response still open at [DONE] would hit the read timeout
+        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH,
+                          timeout=timeout) as r:
+            raw = b"".join(r.iter_raw())
+        assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"[DONE]") == 1
+        assert b"student" in raw
+        assert student.stream_closed.wait(10), "the lingering upstream stream was not let go"
+        text = _metrics_once(g, "distillgate_requests_total", 1, model="support", route="student", status="200")
+        assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="200") == 1
+        assert metric_value(text, "distillgate_completion_tokens_total", model="support", route="student") == 3
+        student.linger_after_done_s = 0.0
+        for _ in range(2):  # an upstream that ends at [DONE] keeps its pooled connection
+            with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
+                assert b"".join(r.iter_raw()).endswith(b"data: [DONE]\n\n")
+        assert student.peers[-1] == student.peers[-2] != student.peers[0]
+
+
+@pytest.mark.parametrize(("reads", "ends"), [
+    ([b'data: {"a":1}\n\ndata: [DONE]\n\n'], True),
+    ([b'data: {"a":1}\n\n', b"data: [DONE]\n\n"], True),
+    ([b"data: [DONE]\n\n"], True),
+    ([b'data: {"content":"x', b"data: [DONE]\n\n"], False),  # the read before ended inside a line
+    ([b'data: {"content":"xdata: [DONE]\n\n'], False),
+    ([b"data: [DONE]\r\n\r\n"], False),  # other framings end at the upstream's end of body, as before
+    ([b"data: [DONE]\n\nmore"], False),
+])
+def test_done_event_detection(reads, ends) -> None:
+    from gateway.streaming import _ends_with_done_event
+
+    assert _ends_with_done_event(reads) is ends
+
+
 def test_delayed_calls_fire_only_keys_still_registered_after_the_delay() -> None:
     """One timer for every stream (disconnect watchers) or request (first-byte deadlines): each key fires
     `after_s` after it registered, a key discarded first never fires, and keys registered later are swept
