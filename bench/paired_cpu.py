@@ -11,7 +11,13 @@ alone that could weigh more on the process with the larger working set (the gate
 after another in alternating order (2026-11-30, README), the medians were the same with ten times the
 spread. Read the ratio next to gateway_overhead.py's, not instead of it.
 
-    python bench/paired_cpu.py                       # json + stream at C=1/16/64, 5 rounds x 5 s
+Which server starts first moves its figure: a gateway started after another measured 2-3 % more CPU than
+the same code started first (bench/paired_ab.py), and with the floor always started first the gateway's
+json ratio at 16 connections came out 1.34 against 1.26-1.29 in the other two orders (2026-12-01). So the
+servers are started in every rotation of their order (each one first once), `--rounds` rounds each, and
+the medians are over all of them.
+
+    python bench/paired_cpu.py                       # json + stream at C=1/16/64, 2 rotations x 3 rounds x 5 s
     python bench/paired_cpu.py --with-plain --connections 16 --modes json
 """
 from __future__ import annotations
@@ -38,7 +44,7 @@ PLAIN = {"evaluator": {"enabled": False}}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="rounds per start order (every rotation of the servers)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per simultaneous wrk run")
     p.add_argument("--connections", default="1,16,64", help="wrk connections per server")
     p.add_argument("--modes", default="json,stream")
@@ -81,47 +87,55 @@ def warm_up(targets: dict[str, Target], load_cpu: int) -> None:
         wait_quiet(t.pid)
 
 
+def one_order(order: list[str], work: Path, args: argparse.Namespace, cells: list[tuple[str, int]],
+              runs: dict[tuple[str, int], list[dict[str, RunResult]]], progress: Progress, task: int) -> None:
+    """Starts the servers in `order` (after the upstreams), warms them up and appends `--rounds` rounds per cell."""
+    running: list[Target] = []
+    try:
+        upstream = start_upstream(work, args.load_cpu)
+        teacher = start_upstream(work, args.load_cpu, name="teacher")
+        running += [upstream, teacher]
+        targets: dict[str, Target] = {}
+        for name in order:
+            if name == "floor":
+                targets[name] = start_floor(work, args.proxy_cpu, upstream.base_url)
+            else:
+                targets[name] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url, shadow_rate=0.0,
+                                              name=name, overrides=PLAIN if name == "gateway-plain" else None)
+            running.append(targets[name])
+        progress.update(task, description=f"{order[0]} first: warming up")
+        warm_up(targets, args.load_cpu)
+        for rnd in range(args.rounds):
+            for mode, conns in cells:
+                progress.update(task, description=f"{order[0]} first: round {rnd + 1}/{args.rounds} {mode} C={conns}")
+                runs[(mode, conns)].append(simultaneous(targets, chat_body(stream=mode == "stream"), conns,
+                                                        args.duration, args.load_cpu))
+                progress.advance(task)
+    finally:
+        stop_all(running)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     work = prepare_load_run(args.load_cpu, "bench-paired-")
     cells = [(mode, int(c)) for mode in args.modes.split(",") if mode for c in args.connections.split(",") if c]
-    running: list[Target] = []
+    names = ["floor", "gateway", *(["gateway-plain"] if args.with_plain else [])]
+    orders = [names[i:] + names[:i] for i in range(len(names))]
     runs: dict[tuple[str, int], list[dict[str, RunResult]]] = {cell: [] for cell in cells}
     load1 = os.getloadavg()[0]
-    try:
-        upstream = start_upstream(work, args.load_cpu)
-        teacher = start_upstream(work, args.load_cpu, name="teacher")
-        running += [upstream, teacher]
-        targets: dict[str, Target] = {}
-        with console.status("starting servers …"):
-            targets["floor"] = start_floor(work, args.proxy_cpu, upstream.base_url)
-            running.append(targets["floor"])
-            targets["gateway"] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url, shadow_rate=0.0)
-            running.append(targets["gateway"])
-            if args.with_plain:
-                targets["gateway-plain"] = start_gateway(work, args.proxy_cpu, upstream.base_url, teacher.base_url,
-                                                         shadow_rate=0.0, name="gateway-plain", overrides=PLAIN)
-                running.append(targets["gateway-plain"])
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("benchmark", total=1 + len(cells) * args.rounds)
-            warm_up(targets, args.load_cpu)
-            progress.advance(task)
-            for rnd in range(args.rounds):
-                for mode, conns in cells:
-                    progress.update(task, description=f"round {rnd + 1}/{args.rounds} {mode} C={conns}")
-                    runs[(mode, conns)].append(simultaneous(targets, chat_body(stream=mode == "stream"), conns,
-                                                            args.duration, args.load_cpu))
-                    progress.advance(task)
-    finally:
-        stop_all(running)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=len(orders) * len(cells) * args.rounds)
+        for i, order in enumerate(orders):
+            (work / f"order-{i + 1}").mkdir()  # each order's servers get fresh stores and their own logs
+            one_order(order, work / f"order-{i + 1}", args, cells, runs, progress, task)
 
-    names = list(targets)  # floor, gateway[, gateway-plain]: started in that order
     columns = ["scenario", *(f"{n} CPU ms/req" for n in names), "gateway ÷ floor (median, min–max)"]
     if args.with_plain:
         columns += ["plain ÷ floor", "gateway ÷ plain"]
-    report = Report(f"CPU per request, servers loaded simultaneously on one core ({args.rounds} x {args.duration:g} s)",
+    report = Report(f"CPU per request, servers loaded simultaneously on one core ({len(orders)} start orders x "
+                    f"{args.rounds} rounds x {args.duration:g} s)",
                     columns, raw={"args": vars(args), "load1": load1, "runs": {
                         f"{m} C={c}": [{n: r.to_dict() for n, r in rnd.items()} for rnd in rs] for (m, c), rs in runs.items()}})
     for (mode, conns), rounds in runs.items():
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     report.notes.append(f"python bench/paired_cpu.py --rounds {args.rounds} --duration {args.duration:g} "
                         f"--connections {args.connections} --modes {args.modes}{' --with-plain' if args.with_plain else ''}; "
                         f"load average at start {load1:.2f}")
+    report.notes.append(f"start orders: {' / '.join(', '.join(o) for o in orders)}; medians over every round of every order")
     report.notes.append("every server pinned to core 0 and loaded at the same moment by its own wrk (core 1): a "
                         "ratio within one round sees one machine speed; sharing the core and its caches weighs "
                         "more on the larger process (alone in alternating order the medians were the same, README)")
