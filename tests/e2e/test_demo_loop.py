@@ -42,6 +42,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _why_no_promotion(env, versions: dict, workdir: Path) -> str:  # noqa: ANN001 - DemoEnv
+    """What a failed promotion left to read: phase timings, the re-distillation counters, every version and
+    the end of each job's log (a slow machine and a stuck job look the same from the timeline alone)."""
+    tl = env.timeline
+    last = env.snapshots[-1] if env.snapshots else None
+    counters = {k: v for k, v in (last.counters if last else {}).items() if "redistill" in k}
+    lines = [f"no version was promoted (job outcome {tl.job_outcome})",
+             "phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tl.phases.items()),
+             f"redistill counters at the last snapshot: {counters}",
+             "versions: " + "; ".join(f"{v['id']} {v['status']} gate={v.get('gate')}" for v in versions.get("versions", []))]
+    for log in sorted((workdir / "redistill" / "jobs").glob("*/job.log")):
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        lines += [f"--- {log.parent.name}/job.log (last {len(tail)} lines)", *tail]
+    return "\n".join(lines)
+
+
 def test_drift_alert_redistill_promote_recover(tmp_path: Path) -> None:
     try:
         find_prometheus_binaries()
@@ -78,8 +94,8 @@ def test_drift_alert_redistill_promote_recover(tmp_path: Path) -> None:
     assert not any(s.alerts for s in before), [s.alerts for s in before if s.alerts]
 
     # A new version was registered, passed the gate and went live.
-    gates = [(v["id"], v["status"], v["gate"]) for v in versions["versions"] if v.get("gate")]
-    assert tl.promoted_version is not None, f"no version was promoted (job {tl.job_outcome}; gate reports {gates})"
+    if tl.promoted_version is None:
+        pytest.fail(_why_no_promotion(env, versions, workdir))
     assert tl.promoted_version != env.initial_live
     assert versions["active"]["live"]["id"] == tl.promoted_version
     promoted = {v["id"]: v for v in versions["versions"]}[tl.promoted_version]
