@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from gateway.loop_binding import LoopBound
 
-class DelayedCalls:
+
+class DelayedCalls(LoopBound):
     """Calls `fire()` for each key still registered `after_s` after it was added, from one timer shared by
     all keys (kept in the order they were added, so a sweep stops at the first key not yet due).
-    Event-loop thread only."""
+    Event-loop thread only; the loop is gateway.loop_binding's."""
 
-    __slots__ = ("after_s", "_pending", "_timer", "loop")
+    __slots__ = ("after_s", "_pending", "_timer")
 
     def __init__(self, after_s: float) -> None:
+        super().__init__()
         self.after_s = after_s
         self._pending: dict[int, tuple[float, Callable[[], object]]] = {}  # key -> (added at, fire); oldest first
         self._timer: asyncio.TimerHandle | None = None
-        # The loop every add() runs on: bound by the app's lifespan (its upstream sessions are tied to that loop
-        # too), or the first running loop seen. Kept because asyncio.get_running_loop() is a getpid() system
-        # call on Python 3.11 (~0.2 us), and the hot path would make it on every request.
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs every later add() on `loop` (an app served again: the new lifespan's loop); what was pending
@@ -36,9 +35,7 @@ class DelayedCalls:
         self._pending.clear()
 
     def add(self, key: int, fire: Callable[[], object]) -> None:
-        loop = self.loop
-        if loop is None:
-            loop = self.loop = asyncio.get_running_loop()
+        loop = self.current_loop()
         self._pending[key] = (loop.time(), fire)
         if self._timer is None:
             self._timer = loop.call_later(self.after_s, self._sweep)
@@ -68,7 +65,7 @@ class Deadline:
     __slots__ = ("task", "fired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """`loop`: the running loop when known (DelayedCalls.loop), which spares current_task() a getpid()."""
+        """`loop`: the running loop when known (LoopBound.current_loop()), which spares current_task() a getpid()."""
         self.task = asyncio.current_task(loop)
         self.fired = False
 

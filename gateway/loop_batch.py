@@ -13,44 +13,33 @@ that sends its next request after reading a response finds the previous one acco
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.loop_binding import LoopBound
+
 log = logging.getLogger("distillgate.gateway")
 
 
-class LoopBatch:
+class LoopBatch(LoopBound):
     """`put(item)` queues a tuple of arguments; `handle(*item)` runs for each, in order, in the loop's next
     iteration, or at once for the whole batch when `limit` items wait (a loop that does not get to its next
     iteration, e.g. a caller awaiting handlers that never suspend, must not queue without bound). A failing
     item is logged and the rest still run. Event-loop thread only."""
 
-    __slots__ = ("_handle", "_items", "_limit", "loop")
+    __slots__ = ("_handle", "_items", "_limit")
 
     def __init__(self, handle: Callable[..., None], limit: int = 512) -> None:
+        super().__init__()  # the loop it drains on: gateway.loop_binding
         self._handle = handle
         self._limit = limit
         self._items: list[tuple[Any, ...]] = []
-        # Kept, not looked up per call: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Drains on `loop` from now on (an app served again gets its new lifespan's loop)."""
-        self.loop = loop
 
     def put(self, item: tuple[Any, ...]) -> None:
         items = self._items
         if not items:
-            loop = self.loop
-            if loop is None:
-                loop = self.loop = asyncio.get_running_loop()
-            try:
-                loop.call_soon(self.drain)
-            except RuntimeError:  # the bound loop is closed: an app driven again on a new loop, without its lifespan
-                loop = self.loop = asyncio.get_running_loop()
-                loop.call_soon(self.drain)
+            self.current_loop().call_soon(self.drain)
         items.append(item)
         if len(items) >= self._limit:
             self.drain()

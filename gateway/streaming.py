@@ -69,7 +69,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
-    relay_task = asyncio.current_task(watch.loop)
+    relay_task = asyncio.current_task(watch.current_loop())
     watcher: asyncio.Task | None = None
 
     def start_watching() -> None:

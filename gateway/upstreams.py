@@ -160,7 +160,7 @@ class OpenAIUpstream:
     async def _send(self, endpoint: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """The response once its headers are in, within first_byte_s: our own deadline, not aiohttp's sock_read
         (DelayedCalls: one loop timer for all requests). A cancellation by anything else stays a cancellation."""
-        deadline = Deadline(self._first_byte.loop)
+        deadline = Deadline(self._first_byte.current_loop())
         self._first_byte.add(id(deadline), deadline)
         try:
             return await self.session.post(self._urls[endpoint], data=body, headers=headers)

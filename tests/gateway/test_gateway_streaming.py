@@ -277,3 +277,25 @@ def test_delayed_calls_bound_to_another_loop_fire_on_it() -> None:
     asyncio.run(first())
     assert asyncio.run(second())
     assert fired == [2]
+
+
+def test_delayed_calls_on_a_closed_loop_move_to_the_running_one_without_a_bind() -> None:
+    """An app driven again on a new loop without its lifespan (no bind): the deadline machinery moves to the
+    running loop instead of finding no task there and leaving new keys behind a timer of the dead loop."""
+    from gateway.delayed_calls import Deadline, DelayedCalls
+
+    watch = DelayedCalls(after_s=0.01)
+    fired: list[int] = []
+
+    async def first() -> None:
+        watch.add(1, lambda: fired.append(1))  # bound to this loop, which closes with the timer pending
+
+    async def second() -> bool:
+        deadline = Deadline(watch.current_loop())
+        watch.add(2, lambda: fired.append(2))
+        await asyncio.sleep(0.1)
+        return deadline.task is asyncio.current_task() and watch.loop is asyncio.get_running_loop()
+
+    asyncio.run(first())
+    assert asyncio.run(second())
+    assert fired == [2]
