@@ -147,6 +147,12 @@ class TtftResult:
     p99_ms: float
     errors: int
 
+    @classmethod
+    def median_of(cls, rounds: list[TtftResult]) -> TtftResult:
+        """Rounds of one target combined: the median of their p50s and of their p99s, requests and errors summed."""
+        return cls(sum(r.requests for r in rounds), statistics.median(r.p50_ms for r in rounds),
+                   statistics.median(r.p99_ms for r in rounds), sum(r.errors for r in rounds))
+
 
 async def _ttft(url: str, body: bytes, key: str, n: int, concurrency: int) -> TtftResult:
     """Time from sending a streaming request to reading its first SSE `data:` bytes."""
