@@ -30,7 +30,7 @@ class DelayedCalls(LoopBound):
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs every later add() on `loop` (an app served again: the new lifespan's loop); what was pending
         on the previous one is dropped with it."""
-        self.loop = loop
+        super().bind(loop)
         self._timer = None
         self._pending.clear()
 
