@@ -158,18 +158,18 @@ def main(argv: list[str] | None = None) -> int:
                             targets[name].url, body, connections=conns, duration_s=args.duration,
                             server_pid=targets[name].pid, load_cpu=args.load_cpu, key=BENCH_KEY))
                         progress.advance(task)
-            # TTFT in rounds, targets interleaved as for the CPU cells: measured in one block per target, the
-            # floor's and the gateway's p50 came minutes apart and this VM's speed moved between them (the same
-            # code measured 1.25x, 1.65x and 2.66x the floor's added TTFT in three runs of 2026-12-01).
+            # TTFT in rounds (each after every server is quiet), probes interleaved target by target: see
+            # bench.load._ttft for why a block per target cannot resolve a ratio of two sub-millisecond differences.
             ttft_body = chat_body(stream=True, gap_ms=args.ttft_gap_ms)
             per_round = max(1, args.ttft_requests // args.rounds)
             ttft_rounds: dict[str, list[TtftResult]] = {n: [] for n in order}
             for rnd in range(args.rounds):
-                shift = rnd % len(order)
-                for name in order[shift:] + order[:shift]:
-                    progress.update(task, description=f"TTFT round {rnd + 1}/{args.rounds} {name}")
+                progress.update(task, description=f"TTFT round {rnd + 1}/{args.rounds}")
+                for name in order:
                     wait_quiet(targets[name].pid)
-                    ttft_rounds[name].append(measure_ttft(targets[name].url, ttft_body, key=BENCH_KEY, requests=per_round))
+                measured = measure_ttft({n: targets[n].url for n in order}, ttft_body, key=BENCH_KEY, requests=per_round)
+                for name, result in measured.items():
+                    ttft_rounds[name].append(result)
                 progress.advance(task, len(order) / args.rounds)
             ttft = {name: TtftResult.median_of(rounds) for name, rounds in ttft_rounds.items()}
             if args.soak_duration:
