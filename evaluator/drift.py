@@ -355,10 +355,16 @@ class DriftMonitor:
     def observe(self, model: str, item: Any) -> None:
         """An Observation, or anything `to_observation` accepts. O(1); above max_observed_per_s only every
         k-th call keeps its item."""
+        if self.wants(model):
+            self.keep(model, item)
+
+    def wants(self, model: str) -> bool:
+        """Whether `model`'s next item is kept (observe's thinning), asked before the caller builds it: True
+        only for the items `keep` must then be given. Counts the item as offered. O(1)."""
         w = self._models.get(model) or self._windows(model)
         w.offered += 1
         if w.offered % w.stride:
-            return
+            return False
         cap = self.settings.max_observed_per_s
         if cap is not None:
             now = time.monotonic()
@@ -366,6 +372,11 @@ class DriftMonitor:
             if elapsed >= 1.0:
                 w.stride = max(1, math.ceil(w.offered / elapsed / cap))
                 w.offered, w.rate_since = 0, now
+        return True
+
+    def keep(self, model: str, item: Any) -> None:
+        """An item `wants` said yes to: into the reference window while it fills, else the current one."""
+        w = self._models[model]
         with w.lock:
             if not w.reference_fixed and len(w.reference) < self.settings.reference_size:
                 w.reference.append(item)

@@ -1,6 +1,6 @@
 """Counts of served requests per (model, route): plain ints bumped on the event loop, read from other threads.
 
-Every served request is counted here once (Evaluator.served): requests, stored exchanges, prompt and
+Every served request is counted here once (Evaluator.offer): requests, stored exchanges, prompt and
 completion tokens. Nothing is reset and nothing is locked: the event loop is the only writer, and
 readers (a /metrics scrape, the store's writer thread) copy the running totals, so a read is at most one
 request behind and the next read catches up. Why not a counter per figure: four small updates on every
@@ -18,15 +18,18 @@ class ServedTally:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], list[int]] = {}
 
-    def add(self, model: str, route: str, prompt_tokens: int, completion_tokens: int, stored: bool) -> None:
+    def add(self, model: str, route: str, prompt_tokens: int, completion_tokens: int) -> None:
         """One served request (event loop only)."""
         row = self._rows.get((model, route))
         if row is None:
             row = self._rows[(model, route)] = [0, 0, 0, 0]
         row[0] += 1
-        row[1] += stored
         row[2] += prompt_tokens
         row[3] += completion_tokens
+
+    def add_stored(self, model: str, route: str) -> None:
+        """One of the requests `add` counted had its exchange queued for the store (event loop only)."""
+        self._rows[(model, route)][1] += 1
 
     def totals(self) -> Totals:
         """Running totals since start (any thread). `list()` copies the items in one step under the GIL, so a

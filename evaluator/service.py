@@ -13,7 +13,8 @@ What the gateway injects:
   fills up with no user ever seeing the candidate. Candidate pairs stay out of the model-wide
   (all-versions) agreement.
 
-Hot path: ``served`` only counts, samples and appends (O(1)); features, drift and store writes happen
+Hot path: ``offer`` only counts and samples, ``take`` (for the few requests sampled) appends (O(1) each);
+the gateway builds a request's exchange only when ``offer`` asks for it. Features, drift and store writes happen
 in the drift worker and the store's writer thread, throttled (DriftSettings.min_interval_s) and sampled
 (StoreSettings.served_sample_rate)."""
 from __future__ import annotations
@@ -57,6 +58,8 @@ class CallOther(Protocol):
 
 
 ShadowVersion = Callable[[str], "str | None"]
+# What Evaluator.offer answers: the parts that want a served request's exchange.
+WANT_STORE, WANT_DRIFT, WANT_SHADOW = 1, 2, 4
 JUDGE_MAX_TOKENS = 16
 
 
@@ -152,29 +155,53 @@ class Evaluator:
         """Every served request, once: counted per route (requests, tokens: reports, spend and offer metrics
         are read from those totals), stored when sampled, added to the drift window, and queued for a shadow
         call when the sampler says so. True when a shadow call was queued. Features, drift statistics and
-        store writes happen off the event loop."""
+        store writes happen off the event loop. `offer` and `take` in two steps, for a caller that builds
+        the record only when something wants it."""
+        wanted = self.offer(record.model, record.route, record.prompt_tokens or 0, record.completion_tokens or 0,
+                            record.request_id, record.slice, escalated, key_name, confidence, record.status)
+        return self.take(record, wanted) if wanted else False
+
+    def offer(self, model: str, route: str, prompt_tokens: int, completion_tokens: int, request_id: str,
+              slice_name: str, escalated: bool = False, key_name: str | None = None, confidence: float | None = None,
+              status: int = 200) -> int:
+        """A served request, counted and sampled from what it is counted by: which of the store, the drift
+        window and the shadow queue want its exchange (WANT_* bits; 0 for most requests, whose exchange
+        then need not be built). Pass the exchange of a non-zero answer to `take` (positional: every request)."""
         try:
-            model = record.model
-            self.store.put_served(record)
-            self._drift.observe(model, record)
+            store = self.store
+            store.served.add(model, route, prompt_tokens, completion_tokens)
+            wanted = WANT_STORE if store.samples_served(route, status) else 0
+            if self._drift.wants(model):
+                wanted |= WANT_DRIFT
             if model in self.spend.per_request_savings:
-                self.spend.observe_saving(record)
+                self.spend.observe_saving(model, route, prompt_tokens, completion_tokens)
             sampler = self._samplers.get(model)
-            if sampler is None:
-                return False
-            decision = sampler.decide(record, escalated, key_name, confidence)  # positional: every request
-            if decision is Decision.SKIP:
-                return False
-            return self._enqueue_shadow(record, decision)
+            if sampler is not None:
+                decision = sampler.decide_for(route, request_id, slice_name, escalated, key_name, confidence)
+                if decision is Decision.SAMPLE:
+                    wanted |= WANT_SHADOW
+                elif decision is Decision.SPEND_CAP:
+                    self.metrics.shadow_dropped.labels(model, "spend_cap").inc()
+            return wanted
+        except Exception:  # noqa: BLE001 - the hot path must never fail because of the evaluator
+            log.exception("evaluator hand-off failed for request %s", request_id)
+            return 0
+
+    def take(self, record: ServedExchange, wanted: int) -> bool:
+        """The exchange of a request `offer` answered `wanted` (non-zero) for. True when a shadow call was
+        queued."""
+        try:
+            if wanted & WANT_STORE:
+                self.store.put_sampled(record)
+            if wanted & WANT_DRIFT:
+                self._drift.keep(record.model, record)
+            return bool(wanted & WANT_SHADOW) and self._enqueue_shadow(record)
         except Exception:  # noqa: BLE001 - the hot path must never fail because of the evaluator
             log.exception("evaluator hand-off failed for request %s", getattr(record, "request_id", "?"))
             return False
 
-    def _enqueue_shadow(self, record: ServedExchange, decision: Decision) -> bool:
+    def _enqueue_shadow(self, record: ServedExchange) -> bool:
         model = record.model
-        if decision is Decision.SPEND_CAP:
-            self.metrics.shadow_dropped.labels(model, "spend_cap").inc()
-            return False
         self.metrics.shadow_sampled.labels(model).inc()
         if not self._started:
             self.metrics.shadow_dropped.labels(model, "shutdown").inc()

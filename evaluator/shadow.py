@@ -45,13 +45,13 @@ class Sampler:
         self._keys = frozenset(settings.always_for_keys)
         self._slices = frozenset(settings.always_for_slices)
 
-    def _always(self, record: ServedExchange, escalated: bool, key_name: str | None, confidence: float | None) -> bool:
+    def _always(self, slice_name: str, escalated: bool, key_name: str | None, confidence: float | None) -> bool:
         slices = self._slices
         return (
             (escalated and self._on_escalation)
             or (confidence is not None and self._below_confidence is not None and confidence < self._below_confidence)
             or (key_name is not None and key_name in self._keys)
-            or (bool(slices) and (record.slice in slices or record.slice.split(":", 1)[0] in slices))
+            or (bool(slices) and (slice_name in slices or slice_name.split(":", 1)[0] in slices))
         )
 
     def _budget_factor(self) -> float:
@@ -63,15 +63,21 @@ class Sampler:
 
     def decide(self, record: ServedExchange, escalated: bool = False, key_name: str | None = None,
                confidence: float | None = None) -> Decision:
+        return self.decide_for(record.route, record.request_id, record.slice, escalated, key_name, confidence)
+
+    def decide_for(self, route: str, request_id: str, slice_name: str, escalated: bool, key_name: str | None,
+                   confidence: float | None) -> Decision:
+        """`decide` from what a request is counted by, before any record of it is built (positional: every
+        request)."""
         # The always-rules only when one could apply; the budget only for a request that would otherwise be
         # sampled (it walks a window).
         if (escalated or confidence is not None or self._keys or self._slices) \
-                and self._always(record, escalated, key_name, confidence):
+                and self._always(slice_name, escalated, key_name, confidence):
             return Decision.SAMPLE if self._budget_factor() > 0 else Decision.SPEND_CAP
         rate = self.settings.rate
-        if rate <= 0 or record.route != self._direction_route:
+        if rate <= 0 or route != self._direction_route:
             return Decision.SKIP
-        u = hash_unit(record.request_id) if self.settings.deterministic else self._rng.random()
+        u = hash_unit(request_id) if self.settings.deterministic else self._rng.random()
         if u >= rate:
             return Decision.SKIP
         return Decision.SAMPLE if u < rate * self._budget_factor() else Decision.SPEND_CAP

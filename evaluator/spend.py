@@ -56,12 +56,12 @@ class SpendTracker:
             if pr.teacher_prompt < pr.student_prompt or pr.teacher_completion < pr.student_completion)
         self._saved_per_request: dict[str, float] = dict.fromkeys(self.per_request_savings, 0.0)
 
-    def observe_saving(self, record: ServedExchange) -> None:
+    def observe_saving(self, model: str, route: str, prompt_tokens: int, completion_tokens: int) -> None:
         """A served request of a model in `per_request_savings` (the caller checks, to keep others free)."""
-        if record.route not in TEACHER_ROUTES:
-            s = saving(self._models[record.model].prices, *tokens(record))
+        if route not in TEACHER_ROUTES:
+            s = saving(self._models[model].prices, prompt_tokens, completion_tokens)
             if s > 0:
-                self._saved_per_request[record.model] += s
+                self._saved_per_request[model] += s
 
     def observe_shadow(self, record: ExchangeRecord) -> None:
         """A shadow answer; only teacher answers cost teacher tokens (and count against the hourly cap)."""

@@ -86,7 +86,7 @@ def _build_evaluator(evaluator: Any, config: DistillgateConfig, call_other: Shad
     if evaluator is False or (evaluator is None and not config.evaluator.enabled):
         return None
     if evaluator is not None:
-        return evaluator if hasattr(evaluator, "served") else evaluator(call_other)
+        return evaluator if hasattr(evaluator, "offer") else evaluator(call_other)
     try:
         service = importlib.import_module("evaluator.service")
     except ImportError as exc:

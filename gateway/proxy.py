@@ -361,16 +361,22 @@ class Proxy:
             else:
                 record_route = "student" if outcome.decision.route == "student" else route
             rules = self.slices[model]
+            slice_name = assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE
+            # Counted and sampled first: the exchange is built only for the few requests something keeps.
+            wanted = ev.offer(model, record_route, prompt or 0, completion or 0, rid, slice_name, outcome.escalated,
+                              key.name, outcome.confidence)
+            if not wanted and not outcome.escalated:
+                return
             served = LazyExchange(  # positional: see LazyExchange.__init__
-                rid, model, record_route, outcome.decision.version, endpoint, raw,
-                assign_slice(rules, hdrs, payload) if rules else DEFAULT_SLICE, prompt, completion, total, ttft_s,
-                answer, answer_body, chunks,
+                rid, model, record_route, outcome.decision.version, endpoint, raw, slice_name, prompt, completion,
+                total, ttft_s, answer, answer_body, chunks,
             )
             if record_route in ALWAYS_STORED_ROUTES:  # recorded whatever the sampling: from what is parsed already
                 served.record(payload, doc)
             if outcome.escalated:
                 self._remember_student(served.record(), outcome)
-            ev.served(served, outcome.escalated, key.name, outcome.confidence)
+            if wanted:
+                ev.take(served, wanted)
         except Exception:  # the evaluator must never break serving
             log.exception("evaluator hand-off failed for request %s", rid)
 

@@ -124,11 +124,21 @@ class PairStore:
 
         A served exchange that later becomes a shadow pair is stored with the pair whatever the sample said.
         """
-        keep = (record.route in ALWAYS_STORED_ROUTES or record.status != 200
+        self.served.add(record.model, record.route, record.prompt_tokens or 0, record.completion_tokens or 0)
+        return self.samples_served(record.route, record.status) and self.put_sampled(record)
+
+    def samples_served(self, route: str, status: int = 200) -> bool:
+        """Whether a served request's exchange is to be stored (put_served's rule), decided before any record
+        is built: by route and status, else by the served_sample_rate draw within served_max_per_s."""
+        return (route in ALWAYS_STORED_ROUTES or status != 200
                 or (self._rng.random() < self.settings.served_sample_rate and self._served_budget()))
-        stored = keep and self.put_exchange(record.record())
-        self.served.add(record.model, record.route, record.prompt_tokens or 0, record.completion_tokens or 0, stored)
-        return stored
+
+    def put_sampled(self, record: ServedExchange) -> bool:
+        """Queues an exchange `samples_served` chose, counting it as stored once accepted."""
+        if not self.put_exchange(record.record()):
+            return False
+        self.served.add_stored(record.model, record.route)
+        return True
 
     def _due_counts(self) -> list[tuple[str, Any]]:
         """The writer thread's tick: route-count rows once counts_interval_s has passed."""

@@ -94,12 +94,11 @@ def test_spend_is_priced_from_the_served_totals_and_savings_never_go_negative() 
     requests = [(100, 0), (0, 10), (50, 50)]
     for model in models:
         for i, (p, c) in enumerate(requests):
-            tally.add(model, "student", p, c, False)
+            tally.add(model, "student", p, c)
             if model in spend.per_request_savings:
-                spend.observe_saving(ExchangeRecord(f"{model}-{i}", model, "student", "base", "chat", {}, "x",
-                                                    prompt_tokens=p, completion_tokens=c))
-    tally.add("cheap", "teacher", 10, 10, False)
-    tally.add("unknown", "student", 5, 5, False)  # not a configured model: not exported
+                spend.observe_saving(model, "student", p, c)
+    tally.add("cheap", "teacher", 10, 10)
+    tally.add("unknown", "student", 5, 5)  # not a configured model: not exported
     totals = spend.totals()
     assert set(totals) == {"cheap", "odd"}
     cheap = models["cheap"].prices
@@ -162,6 +161,65 @@ def test_shadow_flow_scores_stores_and_exports(tmp_path: Path) -> None:
     counts = store.route_counts("support")  # every served request counted, stored or not
     assert {route: c["requests"] for route, c in counts.items()} == {"student": 40, "teacher": 1}
     assert counts["student"]["prompt_tokens"] == 800 and counts["teacher"]["completion_tokens"] == 5
+    store.close()
+
+
+def test_offer_counts_every_request_and_asks_for_the_exchange_only_when_something_keeps_it(tmp_path: Path) -> None:
+    """The gateway's two steps: `offer` counts a request from its route and tokens and answers which parts want
+    its exchange; only then is the exchange built and handed to `take`. Under thinning (drift above
+    max_observed_per_s, sampled store and shadow rates) most requests are never built, and what each part
+    received is exactly what its bit asked for."""
+    from evaluator.service import WANT_DRIFT, WANT_SHADOW, WANT_STORE
+
+    registry = CollectorRegistry()
+    models = {"support": ModelEvalSettings(shadow=ShadowSettings(rate=0.01), scorer=LABEL_SCORER)}
+    settings = settings_for(tmp_path)
+    settings.store.served_sample_rate = 0.02
+    settings.store.served_max_per_s = None
+    settings.drift.reference_size = 10_000  # every kept item stays in the reference window, where it is counted
+    settings.drift.max_observed_per_s = 50.0
+    masks: list[int] = []
+
+    async def call_other(record: ExchangeRecord) -> ExchangeRecord:
+        return teacher_answer(record, "intent: billing")
+
+    async def run() -> Evaluator:
+        ev = Evaluator(settings, models, call_other, registry=registry)
+        await ev.start()
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + 1.05  # ~1,000 requests a second for a second: the drift stride then keeps 1 in ~20
+        i = 0
+        while loop.time() < t_end or i < 6000:
+            wanted = ev.offer("support", "student", 20, 5, f"req-{i}", "default")
+            masks.append(wanted)
+            if wanted:
+                ev.take(served(i), wanted)
+            i += 1
+            if loop.time() < t_end:
+                await asyncio.sleep(0.001)
+            elif i % 500 == 0:
+                await asyncio.sleep(0)  # let the shadow workers run
+        await ev.stop()
+        return ev
+
+    ev = asyncio.run(run())
+    n = len(masks)
+    stored = sum(1 for m in masks if m & WANT_STORE)
+    drifted = sum(1 for m in masks if m & WANT_DRIFT)
+    shadowed = sum(1 for m in masks if m & WANT_SHADOW)
+    assert masks[-4000:].count(0) > 3000  # once thinned, most requests are counted and never built
+    assert 0 < stored < n * 0.05 and 0 < shadowed < n * 0.03 and 50 <= drifted < n * 0.5
+    assert len(ev._drift._models["support"].reference) == drifted
+    assert sample(registry, "distillgate_shadow_sampled_total", model="support") == shadowed
+    assert sample(registry, "distillgate_shadow_offered_total", model="support") == n
+    from evaluator.store import PairStore
+
+    store = PairStore(ev.settings.store.url, ev.settings.store)
+    counts = store.route_counts("support")
+    assert counts["student"]["requests"] == n and counts["student"]["prompt_tokens"] == 20 * n
+    assert counts["student"]["stored"] == stored
+    both = sum(1 for m in masks if m & WANT_STORE and m & WANT_SHADOW)  # stored once, with its pair
+    assert store.count("exchanges") == stored + 2 * shadowed - both  # sampled served rows; pairs: served + shadow
     store.close()
 
 

@@ -1,9 +1,10 @@
-"""What the gateway hands the evaluator: one ServedExchange per served response (`served`, after
-the response is sent; its `record()` is the complete ExchangeRecord), and `call_other` asking the side
-that did not answer.
+"""What the gateway hands the evaluator: every served response counted (`offer`, after the response is sent)
+and, when the offer's answer asks for it, its ServedExchange (`take`; its `record()` is the complete
+ExchangeRecord), and `call_other` asking the side that did not answer.
 
-The evaluator here is (except in the last test) a small recording stand-in that implements the Evaluator interface from the brief
-(served/start/stop) and, like the real one, runs call_other on the gateway's event loop.
+The evaluator here is (except in the last test) a small recording stand-in that implements the gateway's side
+of evaluator.service.Evaluator (offer/take/start/stop) and, like the real one, runs call_other on the gateway's
+event loop.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class RecordingEvaluator:
     def __init__(self, call_other) -> None:
         self.call_other = call_other
         self.offered: list[tuple[ServedExchange, dict]] = []
+        self._offers: dict[str, dict] = {}
         self.shadows: list[ExchangeRecord | BaseException] = []
         self.started = self.stopped = False
         self._tasks: set[asyncio.Task] = set()
@@ -34,9 +36,18 @@ class RecordingEvaluator:
     async def stop(self) -> None:
         self.stopped = True
 
-    def served(self, record: ServedExchange, escalated: bool = False, key_name: str | None = None,
-               confidence: float | None = None) -> bool:
-        self.offered.append((record, {"escalated": escalated, "key_name": key_name, "confidence": confidence}))
+    # The gateway's side of evaluator.service.Evaluator: offer (counts, answers what wants the exchange), then
+    # take (the exchange) for a non-zero answer. This one wants every exchange.
+    def offer(self, model, route, prompt_tokens, completion_tokens, request_id, slice_name, escalated=False,  # noqa: ANN001
+              key_name=None, confidence=None) -> int:
+        self._offers[request_id] = {"escalated": escalated, "key_name": key_name, "confidence": confidence,
+                                    "route": route, "tokens": (prompt_tokens, completion_tokens)}
+        return 1
+
+    def take(self, record: ServedExchange, wanted: int) -> bool:
+        offer = self._offers.pop(record.request_id)
+        assert offer.pop("route") == record.route and offer.pop("tokens") == (record.prompt_tokens or 0, record.completion_tokens or 0)
+        self.offered.append((record, offer))
         task = asyncio.get_running_loop().create_task(self._shadow(record.record()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -231,10 +242,15 @@ def test_a_request_answered_just_before_shutdown_reaches_metrics_and_the_evaluat
     class Recording:
         def __init__(self) -> None:
             self.ids: list[str] = []
+            self.taken: list = []
             self.ids_at_stop: list[str] | None = None
 
-        def served(self, record, escalated=False, key_name=None, confidence=None) -> bool:  # noqa: ANN001
-            self.ids.append(record.request_id)
+        def offer(self, model, route, prompt_tokens, completion_tokens, request_id, *rest) -> int:  # noqa: ANN001
+            self.ids.append(request_id)
+            return 0  # nothing wants the exchange
+
+        def take(self, record, wanted) -> bool:  # noqa: ANN001
+            self.taken.append(record)
             return False
 
         async def stop(self) -> None:
@@ -263,5 +279,6 @@ def test_a_request_answered_just_before_shutdown_reaches_metrics_and_the_evaluat
     assert asyncio.run(serve_one_then_stop()) == 1  # queued, not yet handled, when shutdown began
     assert sent[0]["status"] == 200
     assert ev.ids_at_stop == ["last-before-shutdown"]
+    assert ev.taken == []  # an offer answered 0: no exchange is built or handed over
     series = app.state.metrics.series("support", "student")
     assert series.ok.value == 1 and series.completion_tokens.value > 0
