@@ -8,7 +8,7 @@ second, it has for all of them: the ratio of their CPU per request repeats to ab
 
 What that costs: the servers take turns on one core and share its caches, a harder condition than running
 alone that could weigh more on the process with the larger working set (the gateway). Measured alone, one
-after another in alternating order (2026-11-30, README), the medians were the same with ten times the
+after another in alternating order (2026-11-30, bench/HISTORY.md), the medians were the same with ten times the
 spread. Read the ratio next to gateway_overhead.py's, not instead of it.
 
 Which server starts first moves its figure: a gateway started after another measured 2-3 % more CPU than
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     report.notes.append(f"start orders: {' / '.join(', '.join(o) for o in orders)}; medians over every round of every order")
     report.notes.append("every server pinned to core 0 and loaded at the same moment by its own wrk (core 1): a "
                         "ratio within one round sees one machine speed; sharing the core and its caches weighs "
-                        "more on the larger process (alone in alternating order the medians were the same, README)")
+                        "more on the larger process (alone in alternating order the medians were the same, bench/HISTORY.md)")
     report.notes.append("gateway: auth, routing, metrics, evaluator (shadow offer at rate 0, drift, store); "
                         "gateway-plain: the same with evaluator.enabled: false")
     report.publish(console, args.name, logs=work)

@@ -224,7 +224,7 @@ class LazyExchange:
         """`request_body`: the client's JSON object, as received. The answer comes as one of: `answer`
         (already parsed), `answer_body` (a JSON response's bytes) or `chunks` (a relayed SSE stream).
         Positional on purpose: built for every request, and a class called with keywords costs ~2x (CPython
-        builds a kwargs dict for __init__; bench notes in README)."""
+        builds a kwargs dict for __init__; bench/HISTORY.md)."""
         self.request_id = request_id
         self.model = model
         self.route = route

@@ -6,7 +6,7 @@ runs between uvicorn's and aiohttp's code for other connections and finds its ow
 from the core's caches each time; run over every request that finished in one loop iteration, the first
 item brings them in and the rest find them there. Measured with bench/paired_ab.py (floor and both gateways
 loaded together, both start orders): 2.6–5.5 % less gateway CPU per request at 16 and 64 connections
-(README, performance).
+(bench/HISTORY.md).
 
 Ordering: the drain is a call_soon callback, so it runs before the loop next polls for I/O: a client
 that sends its next request after reading a response finds the previous one accounted for.
