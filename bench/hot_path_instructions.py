@@ -4,9 +4,11 @@ CPU time on a shared 2-vCPU machine, where two runs of bench/gateway_overhead.py
 The gateway's ASGI handler is driven in-process against an in-memory upstream: no sockets, no uvicorn, no
 aiohttp, so what every Python proxy pays is left out and what is counted is what distillgate adds. The
 baseline in the same run is a bare pass-through handler over the same upstream (read the body, forward
-it, send the answer: bench/floor_proxy.py without aiohttp). Each case runs twice under
-`valgrind --tool=callgrind` (N and 3N requests) and the difference / 2N is per request, so start-up and
-imports cancel out.
+it, send the answer: bench/floor_proxy.py without aiohttp). Each case runs under
+`valgrind --tool=callgrind` and only a window of N requests is counted (bench.callgrind_window), after a
+warm-up of at least N requests and WARM_S seconds: the drift window keeps every request for its first
+second, until its stride follows the request rate, and counting that second measured the warm-up, not
+the steady state (an earlier version of this script did, counting N and 3N requests from the start).
 
 Background work is rate-based (drift windows keep at most max_observed_per_s, the store at most
 served_max_per_s served rows a second); under valgrind requests run ~50x slower, so those caps are scaled
@@ -14,18 +16,19 @@ down to keep the same share of requests as bench/gateway_overhead.py's ~8,000 re
 (registry polls, store flushes) is moved out of the window. The caps are per second all the same, so run
 it on a quiet machine: a slower run keeps a larger share of requests and counts more per request.
 
-    python bench/hot_path_instructions.py [--requests 1000]      # needs valgrind (Debian package)
+    python bench/hot_path_instructions.py [--requests 1000]      # needs valgrind (Debian package) and gcc
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.callgrind_window import HEADER, build_helper, read_window  # noqa: E402
+
 CASES = ("passthrough", "gateway-no-evaluator", "gateway")
+WARM_S = 2.0  # past the drift stride's first second, in valgrind's time
 KEY = "sk-bench-instructions"
 BODY = (b'{"model":"bench","messages":[{"role":"user","content":"My card was charged twice for the same order, '
         b'please help."}],"max_tokens":16')
@@ -113,7 +119,7 @@ def _gateway_app(evaluator: bool, store_dir: Path):  # noqa: ANN202 - GatewayApp
     return app
 
 
-async def _drive(case: str, stream: bool, n: int) -> None:
+async def _drive(case: str, stream: bool, n: int, helper: str) -> None:
     body = BODY + (b',"stream":true,"stream_options":{"include_usage":true}}' if stream else b"}")
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [
         (b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer " + KEY.encode()),
@@ -125,6 +131,24 @@ async def _drive(case: str, stream: bool, n: int) -> None:
 
     async def send(event: dict) -> None:
         return None
+
+    lib = ctypes.CDLL(helper)
+
+    async def counted(handler) -> None:  # noqa: ANN001 - a raw ASGI handler
+        # One loop iteration per request, as a server gives it: the in-memory upstream never suspends, so
+        # without the sleep(0) the loop would not run the gateway's after-response batch (a call_soon) until
+        # some later request happened to yield, and whether that fell inside the window or not moved the count
+        # by ~16,000 instructions a request.
+        started, warm = time.monotonic(), 0
+        while warm < n or time.monotonic() - started < WARM_S:
+            await handler(scope, receive, send)
+            await asyncio.sleep(0)
+            warm += 1
+        lib.window_start()
+        for _ in range(n):
+            await handler(scope, receive, send)
+            await asyncio.sleep(0)
+        lib.window_stop()
 
     if case == "passthrough":
         upstream = MemoryUpstream()
@@ -144,44 +168,43 @@ async def _drive(case: str, stream: bool, n: int) -> None:
                             "headers": [(b"content-type", reply.content_type)]})
                 await send({"type": "http.response.body", "body": reply.body})
 
-        for _ in range(n):
-            await handler(scope, receive, send)
+        await counted(handler)
         return
     with tempfile.TemporaryDirectory() as tmp:
         app = _gateway_app(case == "gateway", Path(tmp))
-        handler = app.hot_routes["/v1/chat/completions"]
         async with app.router.lifespan_context(app):
-            for _ in range(n):
-                await handler(scope, receive, send)
+            await counted(app.hot_routes["/v1/chat/completions"])
 
 
-def _instructions(case: str, mode: str, n: int, valgrind: str) -> int:
-    argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-            "--worker", case, mode, str(n)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stderr
-    found = re.search(r"Collected : (\d+)", out)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out[-2000:]}")
-    return int(found.group(1))
+def _instructions(case: str, mode: str, n: int, valgrind: str, helper: Path, work: Path) -> float:
+    """Instructions per request of `case` in its counted window."""
+    out = work / f"{case}-{mode}"
+    out.mkdir()
+    argv = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p", sys.executable,
+            __file__, "--worker", case, mode, str(n), str(helper)]
+    subprocess.run(argv, capture_output=True, text=True, check=True)
+    return read_window(out)["Ir"] / n
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=1000, help="N: runs of N and 3N requests per case")
-    p.add_argument("--worker", nargs=3, metavar=("CASE", "MODE", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--requests", type=int, default=1000, help="N: requests counted per case, after a warm-up")
+    p.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "N", "HELPER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        case, mode, n = args.worker
+        case, mode, n, helper = args.worker
         import uvloop
 
-        uvloop.run(_drive(case, mode == "stream", int(n)))
+        uvloop.run(_drive(case, mode == "stream", int(n), helper))
         return 0
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        print("valgrind not found: apt-get install valgrind", file=sys.stderr)
+    valgrind, gcc = shutil.which("valgrind"), shutil.which("gcc")
+    if valgrind is None or gcc is None or not HEADER.exists():
+        print("needs valgrind (with its callgrind.h) and gcc: apt-get install valgrind gcc", file=sys.stderr)
         return 2
     console = Console()
-    table = Table(title=f"instructions per request, in-process (valgrind, {args.requests} and {3 * args.requests} requests)")
+    work = Path(tempfile.mkdtemp(prefix="bench-hot-"))
+    helper = build_helper(work)
+    table = Table(title=f"instructions per request, in-process (valgrind, {args.requests} requests after a warm-up)")
     for column in ("case", "mode", "instructions/request", "÷ passthrough", "added over passthrough"):
         table.add_column(column, justify="left" if column in ("case", "mode") else "right")
     n = args.requests
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for case in CASES:
             console.print(f"[dim]{case} {mode}…[/dim]")
-            per_request = (_instructions(case, mode, 3 * n, valgrind) - _instructions(case, mode, n, valgrind)) / (2 * n)
+            per_request = _instructions(case, mode, n, valgrind, helper, work)
             base = per_request if base is None else base
             table.add_row(case, mode, f"{per_request:,.0f}", f"{per_request / base:.2f}", f"{per_request - base:,.0f}")
     console.print(table)

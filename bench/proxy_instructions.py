@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.callgrind_window import HEADER, build_helper, read_window, window_dumps  # noqa: E402
 from bench.load import chat_body  # noqa: E402
 from bench.report import Report, fmt, safe_div  # noqa: E402
 from bench.targets import BENCH_KEY, _merge, gateway_config, start_upstream, stop_all  # noqa: E402
@@ -45,13 +45,6 @@ from gateway.demo.processes import ManagedProcess, free_port, wait_http  # noqa:
 
 TARGETS = ("floor", "gateway")
 MODES = ("json", "stream")
-
-_TOGGLE_C = """
-#include <valgrind/callgrind.h>
-void window_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
-void window_stop(void) { CALLGRIND_DUMP_STATS_AT("window"); CALLGRIND_STOP_INSTRUMENTATION; }
-"""
-
 
 class CountingWindow:
     """ASGI wrapper: instruments requests warm+1 .. warm+n of the chat path, nothing else."""
@@ -136,13 +129,6 @@ def _drive(port: int, total: int, stream: bool, connections: int) -> None:
         raise RuntimeError(f"a request failed: {failures[0]}")
 
 
-def _helper(work: Path) -> Path:
-    source, lib = work / "window.c", work / "libwindow.so"
-    source.write_text(_TOGGLE_C)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True)
-    return lib
-
-
 def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, warm: int, n: int,
             connections: int, caps: dict, valgrind: str, cache_ll: int | None) -> tuple[float, float, dict | None]:
     """(instructions per request, valgrind's request rate, cache misses per request when `cache_ll` (bytes)
@@ -162,20 +148,14 @@ def measure(target: str, mode: str, *, upstream: str, work: Path, helper: Path, 
         # warm + n requests, then one per connection more so that request warm+n+1 (the window's end) arrives.
         _drive(port, warm + n + connections, mode == "stream", connections)
         deadline = time.monotonic() + 60
-        while not list(out.glob("cg.*.1")) and time.monotonic() < deadline:
+        while not window_dumps(out) and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         server.stop()
-    dumps = list(out.glob("cg.*.1"))
-    if not dumps:
+    if not window_dumps(out):
         raise RuntimeError(f"no window dump for {target} {mode}; see {out / 'server.log'}")
-    text = dumps[0].read_text()
-    events = re.search(r"^events: (.+)$", text, re.MULTILINE)
-    found = re.search(r"^(?:summary|totals): ([\d ]+)$", text, re.MULTILINE)
+    counts = read_window(out)
     rate = re.search(r"WINDOW ([\d.]+) req/s", (out / "server.log").read_text())
-    if found is None or events is None:
-        raise RuntimeError(f"no totals in {dumps[0]}")
-    counts = dict(zip(events.group(1).split(), map(int, found.group(1).split())))
     misses = {"l1": sum(counts[e] for e in ("I1mr", "D1mr", "D1mw")) / n,
               "ll": sum(counts[e] for e in ("ILmr", "DLmr", "DLmw")) / n} if cache_ll else None
     return counts["Ir"] / n, float(rate.group(1)) if rate else float("nan"), misses
@@ -218,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     valgrind, gcc = shutil.which("valgrind"), shutil.which("gcc")
-    if valgrind is None or gcc is None or not Path("/usr/include/valgrind/callgrind.h").exists():
+    if valgrind is None or gcc is None or not HEADER.exists():
         print("needs valgrind (with its callgrind.h) and gcc: apt-get install valgrind gcc", file=sys.stderr)
         return 2
     scale = args.valgrind_rps / args.reference_rps
@@ -230,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-instr-"))
     running = []
     try:
-        helper = _helper(work)
+        helper = build_helper(work)
         upstream = start_upstream(work, 1)
         running.append(upstream)
         for mode in modes:
