@@ -6,9 +6,11 @@ aiohttp, so what every Python proxy pays is left out and what is counted is what
 baseline in the same run is a bare pass-through handler over the same upstream (read the body, forward
 it, send the answer: bench/floor_proxy.py without aiohttp). Each case runs under
 `valgrind --tool=callgrind` and only a window of N requests is counted (bench.callgrind_window), after a
-warm-up of at least N requests and WARM_S seconds: the drift window keeps every request for its first
-second, until its stride follows the request rate, and counting that second measured the warm-up, not
-the steady state (an earlier version of this script did, counting N and 3N requests from the start).
+warm-up of at least N requests and WARM_S seconds (the drift window keeps every request for its first
+second, until its stride follows the request rate), with one loop iteration per request as a server gives
+it (the gateway's after-response batch is a call_soon). An earlier version counted N and 3N requests from
+the start without yielding, so the batch ran whenever something happened to yield and a case's count
+moved by ~16,000 instructions a request between runs.
 
 Background work is rate-based (drift windows keep at most max_observed_per_s, the store at most
 served_max_per_s served rows a second); under valgrind requests run ~50x slower, so those caps are scaled
