@@ -153,6 +153,9 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    body_timeout_s: float = Field(30.0, gt=0, description="how long a request body may take to arrive once its headers "
+                                                          "are in; slower: 408 and the connection is closed (a client "
+                                                          "trickling its body would hold a connection and a task)")
     access_log: AccessLogSettings = AccessLogSettings()
     registry_poll_s: float = Field(2.0, gt=0, description="how often routing re-reads active versions")
     proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto (uvicorn's proxy-headers middleware, "

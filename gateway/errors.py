@@ -67,6 +67,18 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    """The request body did not arrive in time. The connection is closed with the answer: the rest of the body
+    may still be on its way, and the next request could not be told from it."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"connection", b"close")]
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import time
+from asyncio import CancelledError, current_task
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from evaluator.records import ALWAYS_STORED_ROUTES, ExchangeRecord, well_formed_
 from evaluator.slices import DEFAULT_SLICE, assign_slice, slice_header_names
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
+from gateway.body_watch import BodyWatch
 from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
 from gateway.config import DistillgateConfig
@@ -37,6 +39,7 @@ from gateway.errors import (
     ModelNotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     UpstreamBadResponse,
     UpstreamConnectError,
     UpstreamError,
@@ -165,6 +168,7 @@ class Proxy:
         self.access_log = access_log
         self.evaluator: Any | None = None  # set by the app's lifespan once it has started
         self.max_body = config.server.max_body_bytes
+        self.body_watch = BodyWatch(config.server.body_timeout_s)
         self.ids = RequestIds()
         self.disconnects = DelayedCalls(WATCH_AFTER_S)
         self.accounting = LoopBatch(self._account)
@@ -197,6 +201,7 @@ class Proxy:
         """The loop this app's lifespan runs on: the disconnect watch's timer and the after-response batch use it
         (an app served again binds its new loop)."""
         self.disconnects.bind(loop)
+        self.body_watch.bind(loop)
         self.accounting.bind(loop)
 
     def endpoint(self, kind: str) -> "ProxyEndpoint":
@@ -417,7 +422,10 @@ class ProxyEndpoint:
         t0 = time.perf_counter()
         p = self.proxy
         wanted = p.header_names
-        hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
+        hdrs = {}
+        for k, v in scope["headers"]:  # a loop, not a comprehension: on 3.11 that is a function call (~0.1 us)
+            if k in wanted:
+                hdrs[k.decode("latin-1")] = v.decode("latin-1")
         rid = hdrs.get("x-request-id")
         if rid is None or not well_formed_request_id(rid):
             rid = p.ids.next()
@@ -429,11 +437,26 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             key = p.auth.authenticate_header(hdrs.get("authorization"), hdrs.get("api-key"))
-            first = await receive()
-            raw = _whole_body(first, p.max_body)
-            if raw is None:  # more to come: refuse an oversized declared length before reading it
-                _check_declared_length(hdrs.get("content-length"), p.max_body)
-                raw = await read_body(receive, p.max_body, first)
+            # Registered while the body is read, inline (gateway.body_watch: a call per request costs more than
+            # the rest of the read).
+            watch = p.body_watch
+            waiting = watch.pending
+            body_key = id(scope)
+            waiting[body_key] = (t0, current_task(watch.loop))
+            if watch.timer is None:
+                watch.arm()
+            try:
+                first = await receive()
+                raw = _whole_body(first, p.max_body)
+                if raw is None:  # more to come: refuse an oversized declared length before reading it
+                    _check_declared_length(hdrs.get("content-length"), p.max_body)
+                    raw = await read_body(receive, p.max_body, first)
+            except CancelledError:
+                if not watch.timed_out(body_key):
+                    raise
+                raise RequestTimeout(f"the request body did not arrive within {watch.after_s:g} s") from None
+            finally:
+                waiting.pop(body_key, None)
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import httpx
 import openai
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -67,6 +70,57 @@ def test_413_by_content_length_and_by_streamed_size(gw):
             yield b" " * 500
 
     _error(httpx.post(url, content=chunks(), headers=AUTH), 413, "request_too_large")
+
+
+def _raw_exchange(url: str, head: bytes, parts: list[tuple[float, bytes]], *, wait_s: float = 10.0) -> tuple[bytes, float]:
+    """Sends `head`, then each (pause, bytes) part, on one raw socket; answers what the server sent until it
+    closed the connection, and the seconds that took after the last part."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(head)
+        for pause, data in parts:
+            time.sleep(pause)
+            sock.sendall(data)
+        started, got = time.monotonic(), b""
+        while chunk := sock.recv(65536):  # the socket timeout turns a hang into a failure
+            got += chunk
+        return got, time.monotonic() - started
+
+
+def _request_head(length: int) -> bytes:
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {USER_KEY}\r\n"
+            f"content-type: application/json\r\ncontent-length: {length}\r\n\r\n").encode()
+
+
+def test_408_when_the_body_stalls_and_slow_bodies_within_the_timeout_are_served(make_config):
+    config = make_config({"server": {"body_timeout_s": 0.6}})
+    body = orjson.dumps(chat_body())
+    with GatewayThread(config, evaluator=False) as g:
+        for label, parts in (("half a body", [(0.0, body[:10])]), ("headers only", [])):
+            got, after_s = _raw_exchange(g.url, _request_head(len(body)), parts)
+            head, _, payload = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), (label, got)
+            assert b"connection: close" in head.lower(), label  # the rest of the body may still come: closed
+            error = orjson.loads(payload)["error"]
+            assert error["code"] == "request_timeout" and set(error) == {"message", "type", "param", "code"}
+            assert 0.3 < after_s < 5.0, (label, after_s)  # the timeout (plus one sweep interval), not a hang
+
+        # A body that arrives in pieces within the timeout is served, on a connection kept alive.
+        host, port = g.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(_request_head(len(body)))
+            for part in (body[:10], body[10:]):
+                time.sleep(0.15)  # 0.3 s in all: the timeout bounds the whole body, not each wait
+                sock.sendall(part)
+            answer = b""
+            while b"student says hi" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert b"connection: close" not in answer.lower()
+
+        metrics = httpx.get(g.url + "/metrics").text
+        assert metric_value(metrics, "distillgate_requests_total", model="unknown", route="none", status="408") == 2
+        assert httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH).status_code == 200
 
 
 def test_429_rate_limit_with_retry_after(make_config):
@@ -146,10 +200,10 @@ def test_a_cancelled_upstream_call_stays_cancelled(student):
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
-            assert not upstream._first_byte._pending
+            assert not upstream._first_byte.pending
             with pytest.raises(UpstreamTimeout):  # the deadline's own cancellation, on the same upstream
                 await upstream.post("chat", body, {}, {})
-            assert not upstream._first_byte._pending
+            assert not upstream._first_byte.pending
         finally:
             await upstream.close()
 
