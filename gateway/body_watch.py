@@ -13,36 +13,16 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.delayed_calls import DelayedCalls
+from gateway.delayed_calls import TaskDeadlines
 
 
-class BodyWatch(DelayedCalls):
+class BodyWatch(TaskDeadlines):
     """`pending[key] = (start, task)` while a request reads its body (then `arm()` if `timer` is None), popped
-    once read. A task still reading `after_s` after its start is cancelled and its key remembered, so the
-    handler tells its timeout (`timed_out(key)`) from any other cancellation. Event-loop thread only."""
+    once read. A task still reading `after_s` after its start is cancelled; its handler then finds
+    `claim(key)` true. Event-loop thread only."""
 
-    __slots__ = ("fired",)
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(timeout_s)
-        self.fired: set[int] = set()
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().bind(loop)
-        self.fired.clear()
-
-    def timed_out(self, key: int) -> bool:
-        """True (once) when `key`'s task was cancelled for its deadline; the task is then un-cancelled, so its
-        handler can answer the client instead of unwinding."""
-        if key not in self.fired:
-            return False
-        self.fired.discard(key)
-        task = asyncio.current_task(self.loop)
-        if task is not None:
-            task.uncancel()
-        return True
+    __slots__ = ()
 
     def _due(self, key: int, task: asyncio.Task | None) -> None:
         if task is not None:  # None: registered on a loop that has no task for it (an app driven without a lifespan)
-            self.fired.add(key)
-            task.cancel()
+            self.cancel_task(key, task)

@@ -72,6 +72,37 @@ class DelayedCalls(LoopBound):
             self._due(key, value)
 
 
+class TaskDeadlines(DelayedCalls):
+    """A DelayedCalls whose due entries lead to cancelling a request's task (`cancel_task`), remembering
+    which keys it cancelled, so the task's handler can tell that cancellation from any other (a shutdown,
+    a client gone) with `claim(key)`."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(after_s)
+        self.cancelled: set[int] = set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().bind(loop)
+        self.cancelled.clear()
+
+    def cancel_task(self, key: int, task: asyncio.Task) -> None:
+        self.cancelled.add(key)
+        task.cancel()
+
+    def claim(self, key: int) -> bool:
+        """True (once) when this cancelled `key`'s task; the running task (that one) is then un-cancelled,
+        so its handler can answer or count the request instead of unwinding."""
+        if key not in self.cancelled:
+            return False
+        self.cancelled.discard(key)
+        task = asyncio.current_task(self.loop)
+        if task is not None:
+            task.uncancel()
+        return True
+
+
 class Deadline:
     """Cancels the task that created it when fired (by a DelayedCalls); `fired` tells that cancellation
     from any other (the caller then un-cancels its task and raises its own timeout error)."""

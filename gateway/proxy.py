@@ -31,7 +31,7 @@ from gateway.body_watch import BodyWatch
 from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
 from gateway.config import DistillgateConfig
-from gateway.delayed_calls import DelayedCalls
+from gateway.disconnects import DisconnectWatch
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -54,7 +54,7 @@ from gateway.registry_poll import RegistryPoller
 from gateway.retry_budget import RetryBudget
 from gateway.routing import BASE_VERSION, ModelRouter, RouteDecision
 from gateway.stream_usage import UsageStripper, with_usage
-from gateway.streaming import WATCH_AFTER_S, relay_sse
+from gateway.streaming import relay_sse
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream, UpstreamReply, UpstreamStream, request_body
 
@@ -170,7 +170,7 @@ class Proxy:
         self.max_body = config.server.max_body_bytes
         self.body_watch = BodyWatch(config.server.body_timeout_s)
         self.ids = RequestIds()
-        self.disconnects = DelayedCalls(WATCH_AFTER_S)
+        self.disconnects = DisconnectWatch()
         self.accounting = LoopBatch(self._account)
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
@@ -442,7 +442,8 @@ class ProxyEndpoint:
             watch = p.body_watch
             waiting = watch.pending
             body_key = id(scope)
-            waiting[body_key] = (t0, current_task(watch.loop))
+            task = current_task(watch.loop)
+            waiting[body_key] = (t0, task)
             if watch.timer is None:
                 watch.arm()
             try:
@@ -452,7 +453,7 @@ class ProxyEndpoint:
                     _check_declared_length(hdrs.get("content-length"), p.max_body)
                     raw = await read_body(receive, p.max_body, first)
             except CancelledError:
-                if not watch.timed_out(body_key):
+                if not watch.claim(body_key):
                     raise
                 raise RequestTimeout(f"the request body did not arrive within {watch.after_s:g} s") from None
             finally:
@@ -495,7 +496,22 @@ class ProxyEndpoint:
                 await self._stream(t0, scope, receive, send, model, router, decision, payload, raw, up_headers, key, rid,
                                    hdrs, span)
             else:
-                await self._unary(t0, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs, span)
+                # Followed while it waits on its upstream (gateway.disconnects; DisconnectWatch.follow and release,
+                # inline): a client that leaves cancels the upstream call, so the model stops generating.
+                gone = p.disconnects
+                gone.pending[body_key] = (t0, (task, receive))
+                if gone.timer is None:
+                    gone.arm()
+                try:
+                    await self._unary(t0, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs, span)
+                except CancelledError:
+                    if not gone.claim(body_key):
+                        raise
+                    p._fail(model, route, 499, span)
+                finally:
+                    gone.pending.pop(body_key, None)
+                    if body_key in gone.watchers:
+                        gone.release(body_key)
         except _ClientGone:
             return
         except GatewayError as exc:

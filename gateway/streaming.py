@@ -1,10 +1,8 @@
 """SSE relay: upstream chunks go to the client as they arrive, never buffered.
 
-A watcher task waits for the client's `http.disconnect` and cancels the relay, which closes the
-upstream connection so the model stops generating. The watcher starts only once a stream has been open
-for WATCH_AFTER_S (a DelayedCalls: one timer for every open stream): a task per stream costs ~16 us of
-CPU and a timer per stream a few more (bench/gateway_overhead.py), while most streams end first; a
-disconnect in a stream's first 50 ms is still noticed at that point.
+A client that leaves mid-stream cancels the relay (gateway.disconnects: a watcher task reads the
+client's `http.disconnect` once a stream has been open for WATCH_AFTER_S), which closes the upstream
+connection so the model stops generating.
 Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
 ended. With a `strip` (gateway.stream_usage), the
 usage the gateway asked for on the client's behalf is removed from what the client receives.
@@ -23,14 +21,12 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.delayed_calls import DelayedCalls
+from gateway.disconnects import DisconnectWatch
 from gateway.errors import UpstreamError, error_body
 from gateway.metrics import RouteSeries
 from gateway.stream_usage import UsageStripper
 from gateway.upstreams import UpstreamStream
 
-
-WATCH_AFTER_S = 0.05
 _DONE_EVENT = b"data: [DONE]\n\n"
 
 
@@ -55,28 +51,12 @@ class StreamStats:
     chunks: list[bytes] = field(default_factory=list)
 
 
-async def _watch_disconnect(receive: Any, relay_task: asyncio.Task, stats: StreamStats) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            stats.client_disconnected = True
-            relay_task.cancel()
-            return
-
-
 async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: float, series: RouteSeries,
-                    watch: DelayedCalls, strip: UsageStripper | None = None) -> StreamStats:
+                    watch: DisconnectWatch, strip: UsageStripper | None = None) -> StreamStats:
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
-    relay_task = asyncio.current_task(watch.current_loop())
-    watcher: asyncio.Task | None = None
-
-    def start_watching() -> None:
-        nonlocal watcher
-        watcher = relay_task.get_loop().create_task(_watch_disconnect(receive, relay_task, stats))
-
-    watch.add(id(stats), start_watching)
+    watch.follow(id(stats), asyncio.current_task(watch.current_loop()), receive)
     perf = time.perf_counter
     # Inter-token gaps go straight into the histogram's buckets (a method call per chunk costs more than the
     # update); their sum and the upstream wait are added up locally and stored once, in `finally`.
@@ -126,9 +106,9 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
             stats.completed = True
     except asyncio.CancelledError:
-        if not stats.client_disconnected:
+        if not watch.claim(id(stats)):
             raise
-        relay_task.uncancel()
+        stats.client_disconnected = True
     except UpstreamError as exc:
         stats.error = exc.message
         if not stats.completed:  # after [DONE] the client has its whole answer: nothing to add
@@ -141,9 +121,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
         stats.upstream_wait_s = waited_s
         gaps.sum += gap_sum
         stream.close()
-        watch.discard(id(stats))
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
+        watch.release(id(stats))
     if not ended and not stats.client_disconnected:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     return stats

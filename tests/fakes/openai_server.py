@@ -24,7 +24,8 @@ Behaviour (attributes, change them while it runs):
   set_cookie         a Set-Cookie value added to every response (as a load balancer's affinity cookie)
 Streaming (`"stream": true`): one chunk per word, a final chunk with finish_reason, a usage chunk when
 `stream_options.include_usage`, then `data: [DONE]`. When the client goes away mid-stream,
-`stream_disconnects` is incremented and the `stream_closed` event is set.
+`stream_disconnects` is incremented and the `stream_closed` event is set; when it goes away during
+`delay_s`, `abandoned` is incremented and `abandoned_event` set.
 Tokens are whitespace-separated words: usage.completion_tokens == len(answer.split()).
 Like vLLM, an integer `max_tokens` < 1, `n` outside 1..128 or a `top_logprobs` that is not an integer in
 0..20 is answered 400 with OpenAI error JSON.
@@ -86,6 +87,8 @@ class FakeOpenAI:
         self.stream_disconnects = 0
         self.peers: list[Any] = []  # the client (host, port) of each chat request: which connection carried it
         self.stream_closed = threading.Event()
+        self.abandoned = 0  # requests whose client left during delay_s
+        self.abandoned_event = threading.Event()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -158,6 +161,20 @@ class FakeOpenAI:
     def _logprob_for(self, prompt: str) -> float:
         return self.logprob(prompt) if callable(self.logprob) else float(self.logprob)
 
+    async def _delay(self, request: web.Request, seconds: float) -> None:
+        """Waits `seconds` before answering, as a model server generates; a client that leaves meanwhile is
+        counted in `abandoned` (and `abandoned_event` set), as vLLM aborts such a request."""
+        until = time.monotonic() + seconds
+        try:
+            while (left := until - time.monotonic()) > 0:
+                await asyncio.sleep(min(0.02, left))
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("client went away before the answer")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.abandoned += 1
+            self.abandoned_event.set()
+            raise
+
     async def _misbehave(self, request: web.Request) -> tuple[web.StreamResponse | None, dict[str, Any]]:
         body = await request.read()
         try:
@@ -167,7 +184,7 @@ class FakeOpenAI:
         self.requests.append(parsed)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            await self._delay(request, self.delay_s)
         mode = self.mode
         if self.fail_next > 0:
             self.fail_next -= 1
