@@ -2,15 +2,30 @@
 
 A uvloop timer costs a libuv handle to create and another to cancel, a few thousand instructions each
 (bench/proxy_instructions.py: aiohttp's per-read socket timeout cost the gateway ~12,000 instructions a
-request), while almost every deadline is withdrawn long before it is due. Here a deadline is a dict
-entry: `add` when the clock starts, `discard` when the awaited thing happens, and the shared timer calls
-what is still registered once its delay has passed. Times are time.perf_counter()'s, so a caller that took
-its request's start time already can register with it (gateway.body_watch).
+request), while almost every deadline is withdrawn long before it is due. Here a deadline is a dict entry,
+written when the clock starts and popped when the awaited thing happens; the shared timer hands what is
+still registered once its delay has passed to `_due`. Times are time.perf_counter()'s, so a handler that
+took its request's start time already registers with it.
+
+The hot path writes its entries inline (a Python call costs ~470 instructions on 3.11, an object with an
+`__init__` ~1,450; a `Deadline` object with add and discard calls measured ~9,000 a request in
+bench/hot_path_instructions.py):
+
+    task = current_task(deadlines.loop)
+    if task is None or deadlines.timer is None:
+        key = deadlines.add(started)         # binds the running loop if need be, starts the timer
+    else:
+        key = id(task)
+        deadlines.pending[key] = (started, task)
+    ...
+    deadlines.pending.pop(key, None)         # in a finally
+
+A task's key is its id(): a task waits on one thing at a time, and each kind of deadline has its own
+instance.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -18,13 +33,10 @@ from gateway.loop_binding import LoopBound
 
 
 class DelayedCalls(LoopBound):
-    """Calls `fire()` for each key still registered `after_s` after it was added, from one timer shared by
-    all keys (kept in the order they were added, so a sweep stops at the first key not yet due).
-    Event-loop thread only; the loop is gateway.loop_binding's.
-
-    `pending` maps key -> (perf_counter() when added, value); what a due entry's value means is `_due`'s (here
-    a callable to call). A caller may write an entry itself, in start order, then call `arm()` when `timer`
-    is None: what `add` does, without the call."""
+    """Hands `_due(key, value)` each entry still registered `after_s` after its start, from one timer shared
+    by all keys (kept in the order they were added, so a sweep stops at the first key not yet due).
+    `pending` maps key -> (perf_counter() at the start, value). Event-loop thread only; the loop is
+    gateway.loop_binding's."""
 
     __slots__ = ("after_s", "pending", "timer")
 
@@ -35,27 +47,25 @@ class DelayedCalls(LoopBound):
         self.timer: asyncio.TimerHandle | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Runs every later add() on `loop` (an app served again: the new lifespan's loop); what was pending
-        on the previous one is dropped with it."""
+        """Sweeps on `loop` from now on (an app served again: the new lifespan's loop); what was pending on the
+        previous one is dropped with it."""
         super().bind(loop)
         self.timer = None
         self.pending.clear()
 
-    def add(self, key: int, fire: Callable[[], object]) -> None:
-        loop = self.current_loop()  # also moves off a loop that has closed (gateway.loop_binding)
-        self.pending[key] = (perf_counter(), fire)
+    def put(self, key: int, value: Any, since: float) -> None:
+        """Registers `value` under `key` from `since`, on the running loop (moving off a bound loop that has
+        closed: gateway.loop_binding), and starts the timer if none runs."""
+        loop = self.current_loop()
+        self.pending[key] = (since, value)
         if self.timer is None:
-            self.timer = loop.call_later(self.after_s, self._sweep)
+            self.timer = loop.call_later(max(0.0, since + self.after_s - perf_counter()), self._sweep)
 
     def discard(self, key: int) -> None:
         self.pending.pop(key, None)
 
-    def arm(self) -> None:
-        """Starts the shared timer (none is running)."""
-        self.timer = self.current_loop().call_later(self.after_s, self._sweep)
-
-    def _due(self, key: int, fire: Any) -> None:
-        fire()
+    def _due(self, key: int, value: Any) -> None:
+        raise NotImplementedError
 
     def _sweep(self) -> None:
         self.timer = None
@@ -73,9 +83,9 @@ class DelayedCalls(LoopBound):
 
 
 class TaskDeadlines(DelayedCalls):
-    """A DelayedCalls whose due entries lead to cancelling a request's task (`cancel_task`), remembering
-    which keys it cancelled, so the task's handler can tell that cancellation from any other (a shutdown,
-    a client gone) with `claim(key)`."""
+    """Deadlines for tasks: an entry's value is the task to cancel when it is due (`add`, or inline as in
+    the module's docstring). The keys it cancelled are remembered, so the task's handler tells that
+    cancellation from any other (a shutdown, a client gone) with `claim(key)`."""
 
     __slots__ = ("cancelled",)
 
@@ -86,6 +96,12 @@ class TaskDeadlines(DelayedCalls):
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         super().bind(loop)
         self.cancelled.clear()
+
+    def add(self, since: float) -> int:
+        """Registers the running task, its deadline `after_s` after `since`; answers its key."""
+        task = asyncio.current_task(self.current_loop())
+        self.put(id(task), task, since)
+        return id(task)
 
     def cancel_task(self, key: int, task: asyncio.Task) -> None:
         self.cancelled.add(key)
@@ -102,19 +118,6 @@ class TaskDeadlines(DelayedCalls):
             task.uncancel()
         return True
 
-
-class Deadline:
-    """Cancels the task that created it when fired (by a DelayedCalls); `fired` tells that cancellation
-    from any other (the caller then un-cancels its task and raises its own timeout error)."""
-
-    __slots__ = ("task", "fired")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """`loop`: the running loop when known (LoopBound.current_loop()), which spares current_task() a getpid()."""
-        self.task = asyncio.current_task(loop)
-        self.fired = False
-
-    def __call__(self) -> None:
-        self.fired = True
-        if self.task is not None:
-            self.task.cancel()
+    def _due(self, key: int, task: asyncio.Task | None) -> None:
+        if task is not None:
+            self.cancel_task(key, task)

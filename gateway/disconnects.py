@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import Any
 
 from gateway.delayed_calls import TaskDeadlines
@@ -23,13 +22,12 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class DisconnectWatch(TaskDeadlines):
-    """`follow(key, task, receive)` while a request waits on its upstream or relays a stream, `release(key)`
+    """`follow(since, receive)` while a request waits on its upstream or relays a stream, `release(key)`
     when it is done with that. A server's receive() reports `http.disconnect` once the response is complete,
     so a request still followed after ending its response is cancelled as well (the stream relay relies on
     it to cut an upstream that lingers after `[DONE]`); a unary request releases as its handler returns, with
     nothing between its last write and the release that lets the loop run a watcher. After a
-    cancellation, `claim(key)` tells whether it was this watch's (the client left). The handler may write
-    the entry itself, as `follow` does. Event-loop thread only."""
+    cancellation, `claim(key)` tells whether it was this watch's (the client left). Event-loop thread only."""
 
     __slots__ = ("watchers",)
 
@@ -41,10 +39,12 @@ class DisconnectWatch(TaskDeadlines):
         super().bind(loop)
         self.watchers.clear()
 
-    def follow(self, key: int, task: asyncio.Task, receive: Receive) -> None:
-        self.pending[key] = (perf_counter(), (task, receive))
-        if self.timer is None:
-            self.arm()
+    def follow(self, since: float, receive: Receive) -> int:
+        """Follows the running task from `since` (perf_counter); answers its key. Inline, while a timer runs:
+        `pending[id(task)] = (since, (task, receive))` (gateway.delayed_calls)."""
+        task = asyncio.current_task(self.current_loop())
+        self.put(id(task), (task, receive), since)
+        return id(task)
 
     def release(self, key: int) -> None:
         self.pending.pop(key, None)

@@ -27,10 +27,10 @@ from evaluator.records import ALWAYS_STORED_ROUTES, ExchangeRecord, well_formed_
 from evaluator.slices import DEFAULT_SLICE, assign_slice, slice_header_names
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, KeyInfo
-from gateway.body_watch import BodyWatch
 from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
 from gateway.config import DistillgateConfig
+from gateway.delayed_calls import TaskDeadlines
 from gateway.disconnects import DisconnectWatch
 from gateway.errors import (
     GatewayError,
@@ -168,7 +168,7 @@ class Proxy:
         self.access_log = access_log
         self.evaluator: Any | None = None  # set by the app's lifespan once it has started
         self.max_body = config.server.max_body_bytes
-        self.body_watch = BodyWatch(config.server.body_timeout_s)
+        self.body_deadlines = TaskDeadlines(config.server.body_timeout_s)
         self.ids = RequestIds()
         self.disconnects = DisconnectWatch()
         self.accounting = LoopBatch(self._account)
@@ -201,7 +201,7 @@ class Proxy:
         """The loop this app's lifespan runs on: the disconnect watch's timer and the after-response batch use it
         (an app served again binds its new loop)."""
         self.disconnects.bind(loop)
-        self.body_watch.bind(loop)
+        self.body_deadlines.bind(loop)
         self.accounting.bind(loop)
 
     def endpoint(self, kind: str) -> "ProxyEndpoint":
@@ -437,15 +437,16 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             key = p.auth.authenticate_header(hdrs.get("authorization"), hdrs.get("api-key"))
-            # Registered while the body is read, inline (gateway.body_watch: a call per request costs more than
-            # the rest of the read).
-            watch = p.body_watch
-            waiting = watch.pending
-            body_key = id(scope)
+            # The body's deadline, registered inline (gateway.delayed_calls) while it is read: a client that
+            # sends its headers and then trickles (or never sends) its body is answered 408 instead of holding a
+            # connection, a task and up to max_body_bytes for as long as it likes.
+            watch = p.body_deadlines
             task = current_task(watch.loop)
-            waiting[body_key] = (t0, task)
-            if watch.timer is None:
-                watch.arm()
+            if task is None or watch.timer is None:
+                task_key = watch.add(t0)
+            else:
+                task_key = id(task)
+                watch.pending[task_key] = (t0, task)
             try:
                 first = await receive()
                 raw = _whole_body(first, p.max_body)
@@ -453,11 +454,11 @@ class ProxyEndpoint:
                     _check_declared_length(hdrs.get("content-length"), p.max_body)
                     raw = await read_body(receive, p.max_body, first)
             except CancelledError:
-                if not watch.claim(body_key):
+                if not watch.claim(task_key):
                     raise
                 raise RequestTimeout(f"the request body did not arrive within {watch.after_s:g} s") from None
             finally:
-                waiting.pop(body_key, None)
+                watch.pending.pop(task_key, None)
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -499,19 +500,20 @@ class ProxyEndpoint:
                 # Followed while it waits on its upstream (gateway.disconnects; DisconnectWatch.follow and release,
                 # inline): a client that leaves cancels the upstream call, so the model stops generating.
                 gone = p.disconnects
-                gone.pending[body_key] = (t0, (task, receive))
-                if gone.timer is None:
-                    gone.arm()
+                if task is None or gone.timer is None:
+                    task_key = gone.follow(t0, receive)
+                else:
+                    gone.pending[task_key] = (t0, (task, receive))
                 try:
                     await self._unary(t0, send, model, router, decision, payload, raw, up_headers, key, rid, hdrs, span)
                 except CancelledError:
-                    if not gone.claim(body_key):
+                    if not gone.claim(task_key):
                         raise
                     p._fail(model, route, 499, span)
                 finally:
-                    gone.pending.pop(body_key, None)
-                    if body_key in gone.watchers:
-                        gone.release(body_key)
+                    gone.pending.pop(task_key, None)
+                    if task_key in gone.watchers:
+                        gone.release(task_key)
         except _ClientGone:
             return
         except GatewayError as exc:

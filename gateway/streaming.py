@@ -56,8 +56,13 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
     """Relays the stream body (the response start was already sent); ends the response unless the client left."""
     stats = StreamStats()
     keep = stats.chunks.append
-    watch.follow(id(stats), asyncio.current_task(watch.current_loop()), receive)
     perf = time.perf_counter
+    task = asyncio.current_task(watch.loop)
+    if task is None or watch.timer is None:
+        key = watch.follow(perf(), receive)
+    else:  # inline (gateway.delayed_calls)
+        key = id(task)
+        watch.pending[key] = (perf(), (task, receive))
     # Inter-token gaps go straight into the histogram's buckets (a method call per chunk costs more than the
     # update); their sum and the upstream wait are added up locally and stored once, in `finally`.
     gaps = series.inter_token
@@ -106,7 +111,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
             stats.completed = True
     except asyncio.CancelledError:
-        if not watch.claim(id(stats)):
+        if not watch.claim(key):
             raise
         stats.client_disconnected = True
     except UpstreamError as exc:
@@ -121,7 +126,7 @@ async def relay_sse(stream: UpstreamStream, send: Any, receive: Any, t_start: fl
         stats.upstream_wait_s = waited_s
         gaps.sum += gap_sum
         stream.close()
-        watch.release(id(stats))
+        watch.release(key)
     if not ended and not stats.client_disconnected:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     return stats

@@ -7,10 +7,12 @@ OpenAI JSON / SSE bytes. Both raise the typed errors of gateway.errors, never ai
 from __future__ import annotations
 
 import asyncio
+from asyncio import current_task
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
+from time import perf_counter
 from typing import Any, Protocol
 
 import aiohttp
@@ -18,7 +20,7 @@ import orjson
 from yarl import URL
 
 from gateway.config import UpstreamSettings
-from gateway.delayed_calls import Deadline, DelayedCalls
+from gateway.delayed_calls import TaskDeadlines
 from gateway.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 
 
@@ -131,7 +133,7 @@ class OpenAIUpstream:
         # First byte: our own deadline (see _send), not aiohttp's sock_read, which arms and cancels a loop
         # timer on every read of every response; the session's timeouts are connect and total.
         self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s)
-        self._first_byte = DelayedCalls(t.first_byte_s)
+        self._first_byte = TaskDeadlines(t.first_byte_s)
         self._probe_timeout = aiohttp.ClientTimeout(total=min(2.0, t.total_s), sock_connect=t.connect_s)
         key = settings.api_key()
         # Our own User-Agent: with one set, aiohttp adds no default one (skip_auto_headers would cost a header
@@ -159,21 +161,24 @@ class OpenAIUpstream:
 
     async def _send(self, endpoint: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """The response once its headers are in, within first_byte_s: our own deadline, not aiohttp's sock_read
-        (DelayedCalls: one loop timer for all requests). A cancellation by anything else stays a cancellation."""
-        deadline = Deadline(self._first_byte.current_loop())
-        self._first_byte.add(id(deadline), deadline)
+        (gateway.delayed_calls: one loop timer for all requests). A cancellation by anything else stays one."""
+        deadlines = self._first_byte
+        task = current_task(deadlines.loop)
+        if task is None or deadlines.timer is None:
+            key = deadlines.add(perf_counter())
+        else:
+            key = id(task)
+            deadlines.pending[key] = (perf_counter(), task)
         try:
             return await self.session.post(self._urls[endpoint], data=body, headers=headers)
         except asyncio.CancelledError:
-            if not deadline.fired:
+            if not deadlines.claim(key):  # un-cancelled when it was the deadline: the caller goes on (fallback)
                 raise
-            if deadline.task is not None:
-                deadline.task.uncancel()  # nobody else asked: the caller goes on, e.g. to the fallback side
-            raise UpstreamTimeout(f"upstream {self.name!r} sent nothing within {self._first_byte.after_s:g} s") from None
+            raise UpstreamTimeout(f"upstream {self.name!r} sent nothing within {deadlines.after_s:g} s") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _translate(exc, self.name) from None
         finally:
-            self._first_byte.discard(id(deadline))
+            deadlines.pending.pop(key, None)
 
     async def post(self, endpoint: str, body: bytes, payload: dict[str, Any], headers: Mapping[str, str]) -> UpstreamReply:
         resp = await self._send(endpoint, body, headers)

@@ -245,78 +245,74 @@ def test_done_event_detection(reads, ends) -> None:
     assert _ends_with_done_event(reads) is ends
 
 
-def test_delayed_calls_fire_only_keys_still_registered_after_the_delay() -> None:
-    """One timer for every stream (disconnect watchers) or request (first-byte deadlines): each key fires
-    `after_s` after it registered, a key discarded first never fires, and keys registered later are swept
-    on a later turn."""
+def test_delayed_calls_hand_over_only_keys_still_registered_after_the_delay() -> None:
+    """One timer for every request's deadline (body, first byte, disconnect watch): each key is due `after_s`
+    after its start, a key popped first never is, and keys registered later are swept on a later turn."""
+    from time import perf_counter
+
     from gateway.delayed_calls import DelayedCalls
 
+    class Recorder(DelayedCalls):
+        def __init__(self, after_s: float) -> None:
+            super().__init__(after_s)
+            self.due: list[tuple[str, float]] = []
+            self.t0 = perf_counter()
+
+        def _due(self, key: int, value: str) -> None:
+            self.due.append((value, perf_counter() - self.t0))
+
     async def run() -> list[tuple[str, float]]:
-        loop = asyncio.get_running_loop()
-        watch = DelayedCalls(after_s=0.05)
-        started: list[tuple[str, float]] = []
-        t0 = loop.time()
-
-        def starter(name: str):
-            return lambda: started.append((name, loop.time() - t0))
-
-        watch.add(1, starter("a"))
-        watch.add(2, starter("ended"))
+        watch = Recorder(after_s=0.05)
+        watch.put(1, "a", perf_counter())
+        watch.put(2, "ended", perf_counter())
         await asyncio.sleep(0.02)
-        watch.add(3, starter("late"))
+        watch.pending[3] = (perf_counter(), "late")  # inline, as the hot path writes them while a timer runs
         watch.discard(2)
         await asyncio.sleep(0.2)
-        watch.add(4, starter("after-idle"))  # the timer had stopped with nothing pending: a new one starts
+        assert watch.timer is None  # nothing pending: the timer stopped
+        watch.put(4, "after-idle", perf_counter())  # ... and a new one starts
         await asyncio.sleep(0.1)
-        return started
+        return watch.due
 
-    started = asyncio.run(run())
-    assert [name for name, _ in started] == ["a", "late", "after-idle"]
-    a, late = started[0][1], started[1][1]
+    due = asyncio.run(run())
+    assert [name for name, _ in due] == ["a", "late", "after-idle"]
+    a, late = due[0][1], due[1][1]
     assert 0.045 <= a < 0.15 and late - a >= 0.015  # each at its own deadline, not both at the first
 
 
-def test_delayed_calls_bound_to_another_loop_fire_on_it() -> None:
-    """An app served again (a new lifespan, a new loop) binds its DelayedCalls to the new loop: a timer
-    left pending on the old, closed loop must not keep new keys from ever firing."""
-    from gateway.delayed_calls import Deadline, DelayedCalls
-
-    watch = DelayedCalls(after_s=0.01)
-    fired: list[int] = []
+def _deadline_hits(deadlines, rebind: bool) -> tuple[bool, bool]:
+    """(cancelled by its deadline and claimed, running on the new loop) for a task that registers with
+    `deadlines` on a second loop after the first loop closed with a timer pending."""
+    from time import perf_counter
 
     async def first() -> None:
-        watch.add(1, lambda: fired.append(1))  # its loop closes before the timer is due
+        deadlines.add(perf_counter())  # this loop closes before the timer is due
 
-    async def second() -> bool:
-        loop = asyncio.get_running_loop()
-        watch.bind(loop)
-        deadline = Deadline(watch.loop)
-        watch.add(2, lambda: fired.append(2))
-        await asyncio.sleep(0.1)
-        return deadline.task is asyncio.current_task()
+    async def second() -> tuple[bool, bool]:
+        if rebind:
+            deadlines.bind(asyncio.get_running_loop())
+        key = deadlines.add(perf_counter())
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            return deadlines.claim(key), deadlines.loop is asyncio.get_running_loop()
+        return False, deadlines.loop is asyncio.get_running_loop()
 
     asyncio.run(first())
-    assert asyncio.run(second())
-    assert fired == [2]
+    return asyncio.run(second())
 
 
-def test_delayed_calls_on_a_closed_loop_move_to_the_running_one_without_a_bind() -> None:
+def test_deadlines_bound_to_another_loop_fire_on_it() -> None:
+    """An app served again (a new lifespan, a new loop) binds its deadlines to the new loop: a timer left
+    pending on the old, closed loop must not keep new keys from ever coming due."""
+    from gateway.delayed_calls import TaskDeadlines
+
+    assert _deadline_hits(TaskDeadlines(after_s=0.01), rebind=True) == (True, True)
+
+
+def test_deadlines_on_a_closed_loop_move_to_the_running_one_without_a_bind() -> None:
     """An app driven again on a new loop without its lifespan (no bind): the deadline machinery moves to the
-    running loop instead of finding no task there and leaving new keys behind a timer of the dead loop."""
-    from gateway.delayed_calls import Deadline, DelayedCalls
+    running loop instead of leaving new keys behind a timer of the dead loop."""
+    from gateway.delayed_calls import TaskDeadlines
 
-    watch = DelayedCalls(after_s=0.01)
-    fired: list[int] = []
-
-    async def first() -> None:
-        watch.add(1, lambda: fired.append(1))  # bound to this loop, which closes with the timer pending
-
-    async def second() -> bool:
-        deadline = Deadline(watch.current_loop())
-        watch.add(2, lambda: fired.append(2))
-        await asyncio.sleep(0.1)
-        return deadline.task is asyncio.current_task() and watch.loop is asyncio.get_running_loop()
-
-    asyncio.run(first())
-    assert asyncio.run(second())
-    assert fired == [2]
+    assert _deadline_hits(TaskDeadlines(after_s=0.01), rebind=False) == (True, True)
