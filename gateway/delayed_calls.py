@@ -34,8 +34,9 @@ from gateway.loop_binding import LoopBound
 
 class DelayedCalls(LoopBound):
     """Hands `_due(key, value)` each entry still registered `after_s` after its start, from one timer shared
-    by all keys (kept in the order they were added, so a sweep stops at the first key not yet due).
-    `pending` maps key -> (perf_counter() at the start, value). Event-loop thread only; the loop is
+    by all keys (kept in the order they were added, so a sweep stops at the first key not yet due; an entry
+    written with an older start than the one before it, as a unary request's disconnect watch is, comes due
+    no later than that one). `pending` maps key -> (perf_counter() at the start, value). Event-loop thread only; the loop is
     gateway.loop_binding's."""
 
     __slots__ = ("after_s", "pending", "timer")
