@@ -31,7 +31,7 @@ from gateway.breaker import CLOSED, CircuitBreaker
 from gateway.cascade import CascadePolicy
 from gateway.config import DistillgateConfig
 from gateway.delayed_calls import TaskDeadlines
-from gateway.disconnects import DisconnectWatch
+from gateway.disconnects import STREAM_WATCH_AFTER_S, UNARY_WATCH_AFTER_S, DisconnectWatch
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -170,7 +170,8 @@ class Proxy:
         self.max_body = config.server.max_body_bytes
         self.body_deadlines = TaskDeadlines(config.server.body_timeout_s)
         self.ids = RequestIds()
-        self.disconnects = DisconnectWatch()
+        self.disconnects = DisconnectWatch(STREAM_WATCH_AFTER_S)  # streams
+        self.unary_disconnects = DisconnectWatch(UNARY_WATCH_AFTER_S)
         self.accounting = LoopBatch(self._account)
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.budgets: dict[tuple[str, str], RetryBudget] = {}
@@ -201,6 +202,7 @@ class Proxy:
         """The loop this app's lifespan runs on: the disconnect watch's timer and the after-response batch use it
         (an app served again binds its new loop)."""
         self.disconnects.bind(loop)
+        self.unary_disconnects.bind(loop)
         self.body_deadlines.bind(loop)
         self.accounting.bind(loop)
 
@@ -499,7 +501,7 @@ class ProxyEndpoint:
             else:
                 # Followed while it waits on its upstream (gateway.disconnects; DisconnectWatch.follow and release,
                 # inline): a client that leaves cancels the upstream call, so the model stops generating.
-                gone = p.disconnects
+                gone = p.unary_disconnects
                 if task is None or gone.timer is None:
                     task_key = gone.follow(t0, receive)
                 else:

@@ -1,7 +1,7 @@
 """SSE relay: upstream chunks go to the client as they arrive, never buffered.
 
 A client that leaves mid-stream cancels the relay (gateway.disconnects: a watcher task reads the
-client's `http.disconnect` once a stream has been open for WATCH_AFTER_S), which closes the upstream
+client's `http.disconnect` once a stream has been open for STREAM_WATCH_AFTER_S), which closes the upstream
 connection so the model stops generating.
 Chunks are kept (a list append) only so the final text and usage can be assembled after the stream has
 ended. With a `strip` (gateway.stream_usage), the
@@ -11,7 +11,7 @@ The read that ends with the `data: [DONE]` event also ends the response (one wri
 chunked body's terminator, where a relay that waits for the upstream's end of body writes the terminator
 apart: ~1 write in 4 a stream). The upstream is then read to its end so its connection goes back to the
 pool; one that lingers after [DONE] is cut by the disconnect watch, since a server's receive() reports
-`http.disconnect` once the response is complete (ASGI), within WATCH_AFTER_S or so.
+`http.disconnect` once the response is complete (ASGI), within STREAM_WATCH_AFTER_S or so.
 """
 from __future__ import annotations
 

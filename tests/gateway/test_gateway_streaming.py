@@ -74,18 +74,19 @@ def test_client_disconnect_cancels_the_upstream(make_config, student):
 
 def test_a_client_that_leaves_a_unary_request_cancels_the_upstream_call(make_config, student):
     """Not only streams: a client whose own timeout (0.3 s) ends a non-streaming request while the upstream is
-    still generating (2 s) makes the gateway drop its upstream connection (vLLM then aborts the request),
-    count a 499 and serve the next request as usual."""
-    student.delay_s = 2.0
+    still generating (3 s) makes the gateway drop its upstream connection once its watch starts
+    (gateway.disconnects.UNARY_WATCH_AFTER_S, 1 s; vLLM then aborts the request), count a 499 and serve the
+    next request as usual."""
+    student.delay_s = 3.0
     with GatewayThread(make_config(), evaluator=False) as g:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=0.3)
-        assert student.abandoned_event.wait(1.2), "the upstream call outlived its client"
+        assert student.abandoned_event.wait(2.0), "the upstream call outlived its client"
         assert student.abandoned == 1
         text = httpx.get(g.url + "/metrics").text
         assert metric_value(text, "distillgate_requests_total", model="support", route="student", status="499") == 1
         assert metric_value(text, "distillgate_in_flight_requests", model="support") == 0
-        student.delay_s = 0.2  # longer than the watch's 50 ms: a watcher starts, and must not cancel an answer
+        student.delay_s = 1.3  # longer than the watch's 1 s: a watcher starts, and must not cancel an answer
         r = httpx.post(g.url + "/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=5)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "student says hi"
         assert student.abandoned == 1
@@ -111,7 +112,7 @@ def test_finished_streams_reuse_the_upstream_connection_and_a_cancelled_one_does
 
 
 def test_disconnect_is_noticed_while_the_upstream_is_silent(make_config, student):
-    """The disconnect watcher starts 50 ms into a stream (gateway.streaming.WATCH_AFTER_S), not at the next
+    """The disconnect watcher starts 50 ms into a stream (gateway.disconnects.STREAM_WATCH_AFTER_S), not at the next
     upstream chunk: here the next chunk is 1.5 s away, and the relay is cancelled long before."""
     student.answer = "a b c d e"
     student.stream_delay_s = 1.5
