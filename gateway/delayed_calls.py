@@ -62,9 +62,6 @@ class DelayedCalls(LoopBound):
         if self.timer is None:
             self.timer = loop.call_later(max(0.0, since + self.after_s - perf_counter()), self._sweep)
 
-    def discard(self, key: int) -> None:
-        self.pending.pop(key, None)
-
     def _due(self, key: int, value: Any) -> None:
         raise NotImplementedError
 

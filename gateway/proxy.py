@@ -513,9 +513,10 @@ class ProxyEndpoint:
                         raise
                     p._fail(model, route, 499, span)
                 finally:
-                    gone.pending.pop(task_key, None)
                     if task_key in gone.watchers:
                         gone.release(task_key)
+                    else:
+                        gone.pending.pop(task_key, None)
         except _ClientGone:
             return
         except GatewayError as exc:
