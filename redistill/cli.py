@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import re
 import sys
 import time
@@ -115,7 +116,12 @@ def _no_agreement(model: str, version: str) -> Any:
 
 def _redistill_job(args: argparse.Namespace, config: Any) -> int:
     from redistill.job import run_job
+    from redistill.runners import STACK_DUMP_SIGNAL
 
+    # Its stderr is the job's log: a crash in native code leaves a traceback there, and a runner about to stop
+    # a job past its deadline first asks for every thread's stack, so a stuck job says where it was stuck.
+    faulthandler.enable()
+    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
     outcome = run_job(config, args.model, args.job_id, since_s=args.since, dry_run=args.dry_run)
     _print({"job": args.job_id, "status": outcome.status, "version": outcome.version_id, "error": outcome.error})
     return outcome.exit_code

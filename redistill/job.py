@@ -84,6 +84,7 @@ def run_job(config: Any, model: str, job_id: str, *, since_s: float | None = Non
         except KeyError:  # started from the CLI, not by the service
             jobs.create(job_id, model, "cli", status="running")
         jobs.update(job_id, "running")
+        log.info("job %s for %s running: building the dataset", job_id, model)
         _pipeline(config, model, outcome, store, since_s=since_s, dry_run=dry_run, progress=progress)
     except Exception as exc:  # the verdict must be written whatever broke
         log.exception("job %s failed", job_id)
@@ -131,8 +132,15 @@ def _pipeline(config: Any, model: str, outcome: JobOutcome, store: PairStore, *,
     live = registry.active(model).live
     version_id = new_version_id(model, now)
     out_dir = workdir / "versions" / model / version_id
+    # Each stage's start and length in the log: a job that runs long says which stage it is in.
+    started = time.monotonic()
+    log.info("training %s (%s, %s loss) on %s", version_id, rs.train.method, rs.train.loss, rs.train.device)
     result = train(dataset.train(), Path(base), out_dir, rs.train, progress=progress)
+    log.info("trained in %.0fs: %d steps on %d examples, best validation loss %s", time.monotonic() - started,
+             result.steps, result.examples, result.best_val_loss)
 
+    started = time.monotonic()
+    log.info("gate: generating with the candidate and the live version on the held-out set")
     generator = LocalGenerator(Path(base), device=rs.train.device, dtype=rs.train.dtype,
                                batch_size=rs.train.batch_size, max_new_tokens=rs.dataset.max_completion_tokens)
     previous = [HeldoutSet(d.hash, d.heldout()) for d in model_datasets(workdir / "datasets", model)
@@ -142,6 +150,9 @@ def _pipeline(config: Any, model: str, outcome: JobOutcome, store: PairStore, *,
         current=Path(live.adapter_path) if live and live.adapter_path else None,
         generate=generator.generate, scorer=scorer, settings=rs.gate,
     )
+    log.info("gate %s in %.0fs: retention %s%s", "passed" if report["passed"] else "failed",
+             time.monotonic() - started, report.get("retention"),
+             "" if report["passed"] else " (" + "; ".join(report["reasons"]) + ")")
     (out_dir / "gate_report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     status = "candidate" if report["passed"] else "rejected"
     registry.register(

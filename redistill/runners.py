@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from redistill.settings import KubernetesRunnerSettings
 
 DEFAULT_COMMAND = (sys.executable, "-m", "gateway.cli")
+# The job process answers it by writing every thread's stack to its log (faulthandler), and keeps running.
+STACK_DUMP_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class JobHandle(Protocol):
     async def wait(self) -> JobExit: ...
 
     async def cancel(self) -> None: ...
+
+    async def dump_stacks(self) -> None:
+        """Ask the job to write where it is into its log (before a stop); a no-op where it cannot."""
 
 
 class Runner(Protocol):
@@ -79,12 +84,25 @@ class LocalHandle:
         return JobExit(code, "exited normally" if code == 0 else f"exit code {code}")
 
     async def cancel(self) -> None:
-        if self.proc.returncode is None:
+        if self.proc.returncode is not None:
+            return
+        try:
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), timeout=10)
             except asyncio.TimeoutError:
                 self.proc.kill()
+        except ProcessLookupError:  # ended (and was reaped) since the check
+            pass
+
+    async def dump_stacks(self) -> None:
+        if self.proc.returncode is not None:
+            return
+        try:
+            self.proc.send_signal(STACK_DUMP_SIGNAL)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(1.0)  # faulthandler writes from its signal handler: a moment is plenty
 
 
 class LocalRunner:
@@ -168,6 +186,9 @@ class KubernetesHandle:
                 reason = next((c.message or c.reason for c in st.conditions or [] if c.type == "Failed"), None)
                 return JobExit(1, f"job failed: {reason or 'pod failed'}")
             await asyncio.sleep(self.poll_s)
+
+    async def dump_stacks(self) -> None:
+        return None  # the pod is out of reach; its own logs stay with the cluster
 
     async def cancel(self) -> None:
         from kubernetes.client import V1DeleteOptions

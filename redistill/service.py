@@ -17,16 +17,23 @@ from typing import Any
 
 import orjson
 
-from redistill.jobs import JobRecord, JobStore
+from redistill.jobs import TERMINAL, JobRecord, JobStore
 from redistill.metrics import RedistillMetrics
 from redistill.promote import PromotionController
 from redistill.records import Trigger
-from redistill.runners import JobHandle, JobSpec, Runner
+from redistill.runners import JobExit, JobHandle, JobSpec, Runner
 from redistill.schedule import CronSchedule
 from redistill.settings import RedistillSettings
 from redistill.watcher import AgreementWatcher
 
 log = logging.getLogger(__name__)
+
+# While a job runs, its row is read this often: the verdict there, not only the process's exit, ends the wait.
+JOB_POLL_S = 5.0
+# A job whose verdict is written but whose process has not ended after this long is stopped (the verdict stands).
+VERDICT_GRACE_S = 60.0
+# After a stop, how long the process's exit is awaited before the service goes on without seeing it.
+STOP_WAIT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,8 @@ class RedistillService:
         config_dump: Callable[[], dict[str, Any]] | None = None,
         metrics: RedistillMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        job_poll_s: float = JOB_POLL_S,
+        verdict_grace_s: float = VERDICT_GRACE_S,
     ) -> None:
         """agreement(model) -> the live version's AgreementSnapshot (drives the built-in watcher).
         config_dump() -> the full config as JSON data, written next to each local job."""
@@ -62,6 +71,8 @@ class RedistillService:
         self.metrics = metrics
         self._config_dump = config_dump
         self._clock = clock
+        self._job_poll_s = job_poll_s
+        self._verdict_grace_s = verdict_grace_s
         self._running: dict[str, tuple[str, JobHandle, asyncio.Task[None]]] = {}
         self._lock = asyncio.Lock()
         trig = settings.trigger
@@ -157,7 +168,7 @@ class RedistillService:
     async def _follow(self, model: str, job_id: str, handle: JobHandle) -> None:
         started = self._clock()
         try:
-            exit_ = await handle.wait()
+            exit_ = await self._job_exit(job_id, handle)
             if exit_.code != 0:
                 await asyncio.to_thread(self.jobs.finish_if_unfinished, job_id, f"job process ended: {exit_.message}")
             else:
@@ -170,6 +181,40 @@ class RedistillService:
             if self.metrics:
                 self.metrics.job_running.labels(model).set(0)
                 self.metrics.job_duration.labels(model).observe(max(0.0, self._clock() - started))
+
+    async def _job_exit(self, job_id: str, handle: JobHandle) -> JobExit:
+        """How the job's process ended, not waiting on it forever: past runner.job_timeout_s the job is failed
+        (its stacks dumped into its log first) and stopped; a verdict already written whose process lingers
+        (or whose exit was never reported) is stopped after verdict_grace_s and the verdict stands."""
+        timeout = self.settings.runner.job_timeout_s
+        deadline = time.monotonic() + timeout
+        verdict_at: float | None = None
+        exited = asyncio.ensure_future(handle.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=self._job_poll_s)
+                if done:
+                    return exited.result()
+                now = time.monotonic()
+                if now >= deadline:
+                    log.error("job %s still running after %.0fs: dumping its stacks to its log and stopping it",
+                              job_id, timeout)
+                    await handle.dump_stacks()
+                    reason = f"timed out after {timeout:.0f}s (redistill.runner.job_timeout_s); its log has the stacks"
+                    await asyncio.to_thread(self.jobs.finish_if_unfinished, job_id, reason)
+                    break
+                status = (await asyncio.to_thread(self.jobs.get, job_id)).status
+                if status in TERMINAL:
+                    verdict_at = verdict_at if verdict_at is not None else now
+                    if now - verdict_at >= self._verdict_grace_s:
+                        log.warning("job %s recorded %s but its process has not ended after %.0fs: stopping it",
+                                    job_id, status, self._verdict_grace_s)
+                        break
+            await handle.cancel()
+            done, _ = await asyncio.wait({exited}, timeout=STOP_WAIT_S)
+            return exited.result() if done else JobExit(-1, "stopped; its exit was not reported")
+        finally:
+            exited.cancel()
 
     async def _on_finished(self, job: JobRecord) -> None:
         if self.metrics:

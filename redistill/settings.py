@@ -86,6 +86,10 @@ class KubernetesRunnerSettings(_Strict):
 
 class RunnerSettings(_Strict):
     kind: Literal["local", "kubernetes"] = "local"
+    job_timeout_s: float = Field(
+        14400.0, gt=0,
+        description="a job still running after this long is stopped (a local job's thread stacks dumped into its log first) and failed",
+    )
     kubernetes: KubernetesRunnerSettings = KubernetesRunnerSettings()
 
 

@@ -94,6 +94,9 @@ def gateway_config(plan: GatewayPlan) -> dict[str, Any]:
             "gate": {"retention_threshold": 0.9, "max_examples": 150},
             "promote": {"canary_percent": 25.0, "shadow_min_samples": 20, "canary_min_samples": 20,
                         "stage_timeout_s": 300.0, "skip_shadow": True},
+            # A demo job takes 1-2 minutes; one still running after 10 is stuck, and failing it (its stacks in
+            # its log) ends the demo's wait for a new version with a reason, inside the 15 minutes it allows.
+            "runner": {"job_timeout_s": 600.0},
         },
     }
 

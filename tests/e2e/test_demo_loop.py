@@ -16,10 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from evaluator.store.engine import create_store_engine
 from gateway.config import load_config
 from gateway.demo.configs import LOGICAL_MODEL
 from gateway.demo.processes import find_prometheus_binaries, processes_matching
 from gateway.demo.scenario import DemoSettings, demo_env, run_traffic_stages, start_stack, write_outputs
+from redistill.jobs import JobStore
 from tests.ops.conftest import load_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -52,8 +54,19 @@ def _why_no_promotion(env, versions: dict, workdir: Path) -> str:  # noqa: ANN00
              "phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tl.phases.items()),
              f"redistill counters at the last snapshot: {counters}",
              "versions: " + "; ".join(f"{v['id']} {v['status']} gate={v.get('gate')}" for v in versions.get("versions", []))]
-    for log in sorted((workdir / "redistill" / "jobs").glob("*/job.log")):
-        tail = log.read_text(errors="replace").splitlines()[-25:]
+    config = load_config(workdir / "gateway" / "gateway.yaml", environ={})
+    jobs = JobStore(create_store_engine(config.evaluator.store.url))
+    logs = sorted((Path(config.redistill.workdir) / "jobs").glob("*/job.log"))
+    if not logs:
+        lines.append(f"--- no job log under {config.redistill.workdir}/jobs")
+    for log in logs:
+        try:
+            row = jobs.get(log.parent.name)
+            lines.append(f"--- job {row.id}: {row.status}, error {row.error!r}")
+        except KeyError:
+            lines.append(f"--- job {log.parent.name}: no row in the jobs table")
+        # Progress bars redraw with carriage returns: their last state per line is enough.
+        tail = [ln.rsplit("\r", 1)[-1] for ln in log.read_text(errors="replace").split("\n")][-120:]
         lines += [f"--- {log.parent.name}/job.log (last {len(tail)} lines)", *tail]
     return "\n".join(lines)
 

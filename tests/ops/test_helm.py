@@ -237,7 +237,10 @@ def test_local_runner_renders_no_rbac_and_no_token() -> None:
 
 
 def test_job_template_is_a_valid_gpu_job() -> None:
-    job = _config(_docs(_render(PROD_VALUES)))["redistill"]["runner"]["kubernetes"]["job_template"]
+    runner = _config(_docs(_render(PROD_VALUES)))["redistill"]["runner"]
+    job = runner["kubernetes"]["job_template"]
+    # One deadline: Kubernetes stops the pod at the same age at which the gateway gives up on the job.
+    assert runner["job_timeout_s"] == job["spec"]["activeDeadlineSeconds"] == 21600
     job = _merged(job, {"metadata": {"name": "redistill-support-intent-1"}})
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(job, version, strict=True)

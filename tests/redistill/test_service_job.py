@@ -2,8 +2,11 @@
 (`python -m gateway.cli --config ... redistill-job`): duplicates, cooldown, and a killed job."""
 import asyncio
 import os
+import re
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,7 +30,7 @@ def base_dir(tmp_path_factory):
     return make_distilled_student(tmp_path_factory.mktemp("student"))
 
 
-def _config(tmp_path, base_dir, **train):
+def _config(tmp_path, base_dir, runner=None, **train):
     return parse_config({
         "auth": {"mode": "none"},
         "upstreams": {"vllm": {"base_url": "http://127.0.0.1:9/v1"}, "teacher": {"base_url": "http://127.0.0.1:9/v1"}},
@@ -43,6 +46,7 @@ def _config(tmp_path, base_dir, **train):
                       **train},
             "gate": {"retention_threshold": 0.1, "regression_tolerance": 1.0},
             "trigger": {"watcher": {"cooldown_s": 3600}},
+            "runner": runner or {},
         },
     }, environ={})
 
@@ -89,10 +93,10 @@ def test_job_pipeline_registers_a_gated_version_with_lineage(tmp_path, base_dir)
     store.close()
 
 
-def _service(config, store, metrics=None):
+def _service(config, store, metrics=None, runner=None, **kw):
     return RedistillService(config.redistill, list(config.models), jobs=JobStore(store.engine),
-                            runner=LocalRunner(cwd=os.getcwd()), config_dump=lambda: config.model_dump(mode="json"),
-                            metrics=metrics)
+                            runner=runner or LocalRunner(cwd=os.getcwd()),
+                            config_dump=lambda: config.model_dump(mode="json"), metrics=metrics, **kw)
 
 
 def test_service_runs_job_subprocess_and_dedups(tmp_path, base_dir):
@@ -147,4 +151,54 @@ def test_killed_job_is_failed_and_live_version_untouched(tmp_path, base_dir):
     assert value("distillgate_redistill_jobs_total", "failed") == 1
     assert value("distillgate_redistill_job_running") == 0
     assert value("distillgate_redistill_job_duration_seconds_count") == 1
+    store.close()
+
+
+def test_job_past_its_deadline_is_stopped_and_its_log_says_where_it_was(tmp_path, base_dir):
+    config = _config(tmp_path, base_dir, runner={"job_timeout_s": 30}, max_steps=100_000, epochs=100_000)
+    store = _fill_store(config)
+    jobs = JobStore(store.engine)
+    prom = CollectorRegistry()
+
+    async def scenario():
+        svc = _service(config, store, RedistillMetrics(prom), job_poll_s=0.5)
+        out = await svc.submit(Trigger("manual", "intent", "operator"))
+        _, handle, _ = svc._running["intent"]
+        return handle, await asyncio.wait_for(svc.wait_idle("intent"), 120)
+
+    started = time.monotonic()
+    handle, job = asyncio.run(scenario())
+    assert time.monotonic() - started < 90
+    assert job.status == "failed" and job.error.startswith("timed out after 30s"), job.error
+    assert handle.proc.returncode == -signal.SIGTERM  # stopped by the service, not ended on its own
+    log = Path(job.log_path).read_text(errors="replace")
+    # faulthandler's dump, taken before the stop: the job was training (the max_steps above never end).
+    assert re.search(r'File ".*redistill/train\.py", line \d+ in ', log), log[-3000:]
+    assert [v.id for v in Registry(store.engine).list("intent")] == []
+    value = lambda name, status=None: prom.get_sample_value(  # noqa: E731
+        name, {"model": "intent", **({"status": status} if status else {})})
+    assert value("distillgate_redistill_jobs_total", "failed") == 1
+    assert value("distillgate_redistill_job_running") == 0
+    assert jobs.get(job.id).finished_at is not None
+    store.close()
+
+
+def test_verdict_without_exit_is_followed_and_the_process_stopped(tmp_path, base_dir):
+    config = _config(tmp_path, base_dir)
+    store = _fill_store(config)
+    script = Path(__file__).with_name("lingering_job.py")
+    runner = LocalRunner([sys.executable, str(script)], cwd=os.getcwd())
+
+    async def scenario():
+        svc = _service(config, store, runner=runner, job_poll_s=0.2, verdict_grace_s=1.0)
+        await svc.submit(Trigger("manual", "intent", "operator"))
+        _, handle, _ = svc._running["intent"]
+        return handle, await asyncio.wait_for(svc.wait_idle("intent"), 60), svc.running_job("intent")
+
+    handle, job, still_running = asyncio.run(scenario())
+    log = Path(job.log_path).read_text(errors="replace")
+    assert "verdict recorded; lingering" in log, log
+    assert job.status == "rejected" and job.error is None  # the job's own verdict stands
+    assert handle.proc.returncode == -signal.SIGTERM
+    assert still_running is None  # a new trigger may start a job
     store.close()

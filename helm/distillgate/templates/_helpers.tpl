@@ -125,7 +125,7 @@ app.kubernetes.io/component: student
 {{- $redistill := default (dict) $cfg.redistill }}
 {{- $workdir := ternary (printf "%s/redistill" .Values.data.mountPath) "/tmp/distillgate/redistill" .Values.data.enabled }}
 {{- $_ := set $redistill "workdir" $workdir }}
-{{- $runner := dict "kind" .Values.redistill.runner }}
+{{- $runner := dict "kind" .Values.redistill.runner "job_timeout_s" .Values.redistill.job.activeDeadlineSeconds }}
 {{- if eq .Values.redistill.runner "kubernetes" }}
 {{- $_ := set $runner "kubernetes" (dict "namespace" .Release.Namespace "in_cluster" true "job_template" (include "distillgate.jobTemplate" . | fromYaml)) }}
 {{- end }}
