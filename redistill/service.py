@@ -200,7 +200,8 @@ class RedistillService:
                     log.error("job %s still running after %.0fs: dumping its stacks to its log and stopping it",
                               job_id, timeout)
                     await handle.dump_stacks()
-                    reason = f"timed out after {timeout:.0f}s (redistill.runner.job_timeout_s); its log has the stacks"
+                    reason = (f"timed out after {timeout:.0f}s (redistill.runner.job_timeout_s); "
+                              "a local job's log ends with its thread stacks")
                     await asyncio.to_thread(self.jobs.finish_if_unfinished, job_id, reason)
                     break
                 status = (await asyncio.to_thread(self.jobs.get, job_id)).status
