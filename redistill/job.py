@@ -73,6 +73,7 @@ def _seeds(config: Any, model: str) -> list[Any]:
 def run_job(config: Any, model: str, job_id: str, *, since_s: float | None = None, dry_run: bool = False,
             progress: bool = True, store: PairStore | None = None) -> JobOutcome:
     """Run the pipeline; every outcome (errors included) is recorded in the jobs table and returned."""
+    log.info("job %s for %s: libraries loaded, opening the pair store", job_id, model)
     own_store = store is None
     store = store or PairStore(config.evaluator.store.url, config.evaluator.store)
     jobs = JobStore(store.engine)
