@@ -404,6 +404,16 @@ def start_vllm(
     argv += list(extra_args)
     child_env = dict(os.environ)
     child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if "VLLM_CPU_OMP_THREADS_BIND" not in child_env:
+        # vLLM's CPU backend pins its worker thread to a core, and that thread does not sleep while requests
+        # come in. On the kernel here (Linux 6.18) a process started or re-pinned onto that core then waited
+        # until the worker left it: next to a loaded, pinned vLLM, 4 of 4 fresh `import torch` processes were
+        # still stuck after 30 s, and a re-distillation job sat in its start-up for 50-190 s (once past a CI
+        # run's 15 minutes). Unpinned, the kernel moves the worker aside: 10 of 10 finished (1.8-26 s). These
+        # servers share a few cores with everything else, so they do not pin; threads as vLLM's binding
+        # would have used (one core left for the rest).
+        child_env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
     child_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     child_env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
     child_env.update(env or {})
