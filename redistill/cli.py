@@ -115,13 +115,14 @@ def _no_agreement(model: str, version: str) -> Any:
 
 
 def _redistill_job(args: argparse.Namespace, config: Any) -> int:
-    from redistill.job import run_job
     from redistill.runners import STACK_DUMP_SIGNAL
 
     # Its stderr is the job's log: a crash in native code leaves a traceback there, and a runner about to stop
-    # a job past its deadline first asks for every thread's stack, so a stuck job says where it was stuck.
+    # a job past its deadline first asks for every thread's stack, so a stuck job says where it was stuck
+    # (registered before the heavy imports below, which are one place a job has been stuck).
     faulthandler.enable()
     faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+    from redistill.job import run_job
     outcome = run_job(config, args.model, args.job_id, since_s=args.since, dry_run=args.dry_run)
     _print({"job": args.job_id, "status": outcome.status, "version": outcome.version_id, "error": outcome.error})
     return outcome.exit_code
