@@ -155,21 +155,20 @@ def test_killed_job_is_failed_and_live_version_untouched(tmp_path, base_dir):
 
 
 def test_job_past_its_deadline_is_stopped_and_its_log_says_where_it_was(tmp_path, base_dir):
-    config = _config(tmp_path, base_dir, runner={"job_timeout_s": 30}, max_steps=100_000, epochs=100_000)
+    # 60 s: the job's start-up (imports, store) must be behind it for the dump to show the training loop.
+    config = _config(tmp_path, base_dir, runner={"job_timeout_s": 60}, max_steps=100_000, epochs=100_000)
     store = _fill_store(config)
     jobs = JobStore(store.engine)
     prom = CollectorRegistry()
 
     async def scenario():
         svc = _service(config, store, RedistillMetrics(prom), job_poll_s=0.5)
-        out = await svc.submit(Trigger("manual", "intent", "operator"))
+        await svc.submit(Trigger("manual", "intent", "operator"))
         _, handle, _ = svc._running["intent"]
-        return handle, await asyncio.wait_for(svc.wait_idle("intent"), 120)
+        return handle, await asyncio.wait_for(svc.wait_idle("intent"), 180)
 
-    started = time.monotonic()
     handle, job = asyncio.run(scenario())
-    assert time.monotonic() - started < 90
-    assert job.status == "failed" and job.error.startswith("timed out after 30s"), job.error
+    assert job.status == "failed" and job.error.startswith("timed out after 60s"), job.error
     assert handle.proc.returncode == -signal.SIGTERM  # stopped by the service, not ended on its own
     log = Path(job.log_path).read_text(errors="replace")
     # faulthandler's dump, taken before the stop: the job was training (the max_steps above never end).
