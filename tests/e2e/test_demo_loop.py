@@ -65,8 +65,9 @@ def _why_no_promotion(env, versions: dict, workdir: Path) -> str:  # noqa: ANN00
             lines.append(f"--- job {row.id}: {row.status}, error {row.error!r}")
         except KeyError:
             lines.append(f"--- job {log.parent.name}: no row in the jobs table")
-        # Progress bars redraw with carriage returns: their last state per line is enough.
-        tail = [ln.rsplit("\r", 1)[-1] for ln in log.read_text(errors="replace").split("\n")][-120:]
+        # Progress bars redraw with carriage returns (bytes: text mode would turn them into line breaks): their
+        # last state per line is enough.
+        tail = [ln.rsplit("\r", 1)[-1] for ln in log.read_bytes().decode(errors="replace").split("\n")][-120:]
         lines += [f"--- {log.parent.name}/job.log (last {len(tail)} lines)", *tail]
     return "\n".join(lines)
 
